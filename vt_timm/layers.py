@@ -1,0 +1,316 @@
+"""Visual Transformer (VT) building blocks.
+
+Paper: `Visual Transformers: Token-based Image Representation and Processing for Computer Vision`
+    - https://arxiv.org/abs/2006.03677 (Wu et al., v4 / ICCV 2021)
+
+A VT module turns a feature map X (N, C, H, W) into L visual tokens T (N, L, C_T), relates the
+tokens with a transformer and fuses them back into the map:
+
+    tokenizer    T = SOFTMAX_HW(X W_A)^T X            (filter-based, first module)
+                 T = SOFTMAX_HW(X (T_in W_T->R)^T)^T X  (recurrent, later modules)
+    transformer  T' = T + SOFTMAX_L((T K)(T Q)^T) T;   T_out = T' + ReLU(T' F1) F2
+    projector    X_out = X + SOFTMAX_L((X W_Q)(T W_K)^T) T
+
+Tokens are kept token-major (N, L, C), as in timm's other token models. Every choice the paper
+leaves open (C <-> C_T bridges, attention width and scaling, norms, FFN width) is explained in
+docs/architecture.md.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import ConvNormAct, DropPath, _assert, use_fused_attn
+from timm.models import checkpoint
+
+__all__ = [
+    'token_attention', 'TokenLinear', 'FilterTokenizer', 'RecurrentTokenizer', 'TokenTransformer',
+    'Projector', 'VTBlock', 'VTStage',
+]
+
+
+def token_attention(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        num_heads: int = 1,
+        fused: bool = True,
+) -> torch.Tensor:
+    """SOFTMAX over the keys of (query key^T) / sqrt(d), applied to value.
+
+    Args:
+        query: (N, M, D) rows that attend.
+        key: (N, L, D) one row per token.
+        value: (N, L, Dv) one row per token.
+        num_heads: split D and Dv into this many independent heads.
+        fused: use ``F.scaled_dot_product_attention``; False runs the explicit reference math.
+
+    Returns:
+        (N, M, Dv) attention-weighted sums of the value rows.
+    """
+    N, M, D = query.shape
+    L, Dv = value.shape[1], value.shape[2]
+    q = query.reshape(N, M, num_heads, D // num_heads).transpose(1, 2)
+    k = key.reshape(N, L, num_heads, D // num_heads).transpose(1, 2)
+    v = value.reshape(N, L, num_heads, Dv // num_heads).transpose(1, 2)
+    if fused:
+        out = F.scaled_dot_product_attention(q, k, v)
+    else:
+        attn = (q * (q.shape[-1] ** -0.5)) @ k.transpose(-2, -1)
+        out = attn.softmax(dim=-1) @ v
+    return out.transpose(1, 2).reshape(N, M, Dv)
+
+
+class TokenLinear(nn.Module):
+    """Token-wise linear map followed by BatchNorm over the channel axis of (N, L, C) tokens."""
+
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.fc = nn.Linear(in_features, out_features, bias=False, **dd)
+        self.bn = nn.BatchNorm1d(out_features, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc(x)
+        return self.bn(x.flatten(0, 1)).reshape(x.shape)
+
+
+def _spatial_softmax_gather(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """T = SOFTMAX_HW(logits)^T X for logits (N, L, HW) and map x (N, C, H, W) -> (N, L, C)."""
+    return logits.softmax(dim=-1) @ x.flatten(2).transpose(1, 2)
+
+
+class FilterTokenizer(nn.Module):
+    """Filter-based tokenizer: a 1x1 conv W_A gives one spatial attention per token.
+
+    ``T = SOFTMAX_HW(X W_A)^T X``, then a token-wise C -> C_T map where the widths differ.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            token_chs: int,
+            num_tokens: int = 16,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.scale = in_chs ** -0.5
+        self.attn = nn.Conv2d(in_chs, num_tokens, 1, bias=False, **dd)  # W_A
+        self.value = TokenLinear(in_chs, token_chs, **dd) if in_chs != token_chs else nn.Identity()
+
+    def spatial_logits(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pre-softmax spatial attention (N, L, HW); ``tokens`` is unused (fixed filters)."""
+        return self.attn(x).flatten(2) * self.scale
+
+    def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.value(_spatial_softmax_gather(self.spatial_logits(x, tokens), x))
+
+
+class RecurrentTokenizer(nn.Module):
+    """Recurrent tokenizer: the previous module's tokens become this module's filters.
+
+    ``W_R = T_in W_T->R``; ``T = SOFTMAX_HW(X W_R^T)^T X``, then the C -> C_T map.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            token_chs: int,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.scale = in_chs ** -0.5
+        self.token_to_filter = nn.Linear(token_chs, in_chs, bias=False, **dd)  # W_T->R
+        self.value = TokenLinear(in_chs, token_chs, **dd) if in_chs != token_chs else nn.Identity()
+
+    def spatial_logits(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pre-softmax spatial attention (N, L, HW) computed from the previous tokens."""
+        assert tokens is not None, 'RecurrentTokenizer needs the previous VT module\'s tokens'
+        filters = self.token_to_filter(tokens)  # (N, L, C)
+        return (filters * self.scale) @ x.flatten(2)
+
+    def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.value(_spatial_softmax_gather(self.spatial_logits(x, tokens), x))
+
+
+class TokenTransformer(nn.Module):
+    """Transformer over the L tokens (no positional encoding, as in v4).
+
+    ``T' = T + SOFTMAX_L((T K)(T Q)^T) T`` (values are the tokens themselves), then
+    ``T_out = T' + ReLU(T' F1) F2`` with F1, F2 square (C_T x C_T) token-wise maps.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            qk_dim: int = 256,
+            num_heads: int = 1,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if qk_dim % num_heads or dim % num_heads:
+            raise ValueError(f'num_heads={num_heads} must divide qk_dim={qk_dim} and dim={dim}')
+        self.num_heads = num_heads
+        self.fused_attn = use_fused_attn()
+        self.key = nn.Linear(dim, qk_dim, bias=False, **dd)  # K
+        self.query = nn.Linear(dim, qk_dim, bias=False, **dd)  # Q
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.ffn_in = TokenLinear(dim, dim, **dd)  # F1
+        self.ffn_act = nn.ReLU(inplace=True)
+        self.ffn_out = TokenLinear(dim, dim, **dd)  # F2
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def zero_init_last(self) -> None:
+        """Zero the BN after F2 so the FFN branch starts as the identity (timm's ResNet convention)."""
+        nn.init.zeros_(self.ffn_out.bn.weight)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # row i of (T K)(T Q)^T holds token i's affinities to every token j: T K plays the query role
+        attended = token_attention(self.key(tokens), self.query(tokens), tokens, self.num_heads, self.fused_attn)
+        tokens = tokens + self.drop_path1(attended)
+        return tokens + self.drop_path2(self.ffn_out(self.ffn_act(self.ffn_in(tokens))))
+
+
+class Projector(nn.Module):
+    """Projector: every pixel attends over the tokens and adds what it reads.
+
+    ``X_out = X + BN(SOFTMAX_L((X W_Q)(T W_K)^T) T W_V)``; W_V (C_T -> C) exists only where the
+    widths differ.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            token_chs: int,
+            qk_dim: int = 256,
+            num_heads: int = 1,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if qk_dim % num_heads or in_chs % num_heads:
+            raise ValueError(f'num_heads={num_heads} must divide qk_dim={qk_dim} and in_chs={in_chs}')
+        self.num_heads = num_heads
+        self.fused_attn = use_fused_attn()
+        self.query = nn.Conv2d(in_chs, qk_dim, 1, bias=False, **dd)  # W_Q, on pixels
+        self.key = nn.Linear(token_chs, qk_dim, bias=False, **dd)  # W_K, on tokens
+        self.value = nn.Linear(token_chs, in_chs, bias=False, **dd) if token_chs != in_chs else nn.Identity()
+        self.norm = nn.BatchNorm2d(in_chs, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def zero_init_last(self) -> None:
+        """Zero the closing BN so the projector starts as the identity."""
+        nn.init.zeros_(self.norm.weight)
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        N, C, H, W = x.shape
+        query = self.query(x).flatten(2).transpose(1, 2)  # (N, HW, qk_dim)
+        fused = token_attention(query, self.key(tokens), self.value(tokens), self.num_heads, self.fused_attn)
+        fused = fused.transpose(1, 2).reshape(N, C, H, W)
+        return x + self.drop_path(self.norm(fused))
+
+
+class VTBlock(nn.Module):
+    """One visual-transformer module: tokenizer -> transformer -> (optional) projector."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            token_chs: int = 1024,
+            num_tokens: int = 16,
+            recurrent: bool = False,
+            project: bool = True,
+            qk_dim: int = 256,
+            num_heads: int = 1,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if recurrent:
+            self.tokenizer = RecurrentTokenizer(in_chs, token_chs, **dd)
+        else:
+            self.tokenizer = FilterTokenizer(in_chs, token_chs, num_tokens, **dd)
+        self.transformer = TokenTransformer(token_chs, qk_dim, num_heads, drop_path, **dd)
+        self.projector = Projector(in_chs, token_chs, qk_dim, num_heads, drop_path, **dd) if project else None
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            tokens: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Map (N, C, H, W) and previous tokens (N, L, C_T) or None -> (new map, new tokens)."""
+        tokens = self.transformer(self.tokenizer(x, tokens))
+        if self.projector is not None:
+            x = self.projector(x, tokens)
+        return x, tokens
+
+
+
+class VTStage(nn.Module):
+    """A chain of VT modules over one feature map: filter tokenizer first, recurrent after.
+
+    The last module has no projector: its tokens are the stage output and a projected map would
+    feed nothing. An optional 1x1 conv + BN + ReLU lifts the input map to the VT width first.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            chs: int,
+            depth: int,
+            token_chs: int = 1024,
+            num_tokens: int = 16,
+            qk_dim: int = 256,
+            num_heads: int = 1,
+            drop_path_rates: Optional[List[float]] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        drop_path_rates = drop_path_rates or [0.] * depth
+        self.num_tokens = num_tokens
+        self.grad_checkpointing = False
+        self.lift = ConvNormAct(in_chs, chs, 1, **dd) if in_chs != chs else nn.Identity()
+        self.blocks = nn.ModuleList([
+            VTBlock(
+                chs,
+                token_chs,
+                num_tokens,
+                recurrent=i > 0,
+                project=i < depth - 1,
+                qk_dim=qk_dim,
+                num_heads=num_heads,
+                drop_path=drop_path_rates[i],
+                **dd,
+            )
+            for i in range(depth)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map (N, C_in, H, W) -> tokens (N, L, C_T) of the last module."""
+        _assert(
+            x.shape[-2] * x.shape[-1] >= self.num_tokens,
+            f'the VT stage needs a feature map with at least {self.num_tokens} pixels (one per token) '
+            f'but got {x.shape[-2]}x{x.shape[-1]}; feed a larger image',
+        )
+        x = self.lift(x)
+        tokens: Optional[torch.Tensor] = None
+        for block in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x, tokens = checkpoint(block, x, tokens)
+            else:
+                x, tokens = block(x, tokens)
+        assert tokens is not None
+        return tokens

@@ -1,0 +1,362 @@
+"""VT-ResNet: ResNet stages 1-4 followed by a stage of Visual Transformer modules.
+
+Paper: `Visual Transformers: Token-based Image Representation and Processing for Computer Vision`
+    - https://arxiv.org/abs/2006.03677 (Wu et al., ICCV 2021), Appendix A, Table 11
+
+The stem and layer1-3 are timm's own ResNet (same module names, so timm ResNet weights load into
+them); ResNet's stride-32 layer4 is replaced by VT modules working on the stride-16 map, and the
+classifier average-pools the output tokens. ``forward_features`` therefore returns tokens
+(N, L, C_T), like timm's ViT/LeViT, while ``feature_info``/``features_only`` expose the four NCHW
+maps up to stride 16. Design choices: docs/architecture.md.
+"""
+from typing import Any, Dict, List, Optional, Set, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import _assert, get_device_dtype, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import resolve_pretrained_cfg
+from timm.models._features import feature_take_indices
+from timm.models.resnet import BasicBlock, Bottleneck, make_blocks
+
+from .layers import VTStage
+
+__all__ = ['VTResNet']
+
+POOL_TYPES = ('', 'avg', 'max')
+
+
+class VTResNet(nn.Module):
+    """VT-ResNet (Wu et al., Table 11).
+
+    Stem (conv7x7-s2, maxpool) and layer1-3 are timm ResNet stages; the VT stage runs on the
+    stride-16 map; the head pools the L output tokens, applies dropout and a linear classifier.
+    """
+
+    def __init__(
+            self,
+            block: Union[Type[BasicBlock], Type[Bottleneck]],
+            layers: Tuple[int, ...],
+            vt_chs: int,
+            vt_depth: int,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            token_chs: int = 1024,
+            num_tokens: int = 16,
+            qk_dim: int = 256,
+            num_heads: int = 1,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            zero_init_last: bool = True,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            block: ResNet block of stages 1-4 (BasicBlock or Bottleneck).
+            layers: number of blocks in layer1, layer2, layer3.
+            vt_chs: channel width C of the VT stage (the stage-4 map is lifted to it if needed).
+            vt_depth: number of VT modules.
+            num_classes: classifier outputs; 0 gives pooled pre-logits.
+            in_chans: input image channels.
+            global_pool: token pooling of the head: 'avg' (paper), 'max' or '' (none, NLC out).
+            token_chs: token width C_T.
+            num_tokens: number of visual tokens L.
+            qk_dim: width of the attention keys/queries in transformer and projector.
+            num_heads: attention heads of transformer and projector.
+            drop_rate: dropout before the classifier.
+            drop_path_rate: stochastic depth, linearly increasing over all residual blocks,
+                ResNet blocks and VT modules alike.
+            zero_init_last: zero-init the last BN of every residual branch.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if len(layers) != 3:
+            raise ValueError(f'layers must give the block counts of layer1-3, got {layers}')
+        if global_pool not in POOL_TYPES:
+            raise ValueError(f'global_pool must be one of {POOL_TYPES}, got {global_pool!r}')
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(64, **dd)
+        self.act1 = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.feature_info = [dict(num_chs=64, reduction=2, module='act1')]
+
+        # one linear stochastic-depth ramp over ResNet blocks and VT modules: make_blocks ramps to
+        # its own last block, so hand it the rate that block has on the longer ramp
+        num_blocks = sum(layers) + vt_depth
+        block_dprs = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
+        stages, stage_info = make_blocks(
+            (block,) * 3,
+            (64, 128, 256),
+            layers,
+            inplanes=64,
+            drop_path_rate=block_dprs[sum(layers) - 1],
+            **dd,
+        )
+        for stage in stages:
+            self.add_module(*stage)
+        self.feature_info.extend(stage_info)
+
+        self.vt = VTStage(
+            stage_info[-1]['num_chs'],
+            vt_chs,
+            vt_depth,
+            token_chs=token_chs,
+            num_tokens=num_tokens,
+            qk_dim=qk_dim,
+            num_heads=num_heads,
+            drop_path_rates=block_dprs[sum(layers):],
+            **dd,
+        )
+
+        self.num_features = self.head_hidden_size = token_chs
+        self.head_drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+        self.init_weights(zero_init_last=zero_init_last)
+
+    @torch.jit.ignore
+    def init_weights(self, zero_init_last: bool = True) -> None:
+        """Kaiming init for the ResNet convs, truncated-normal (std .02) for the VT maps."""
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                if name.startswith('vt.') or name == 'fc':
+                    trunc_normal_(module.weight, std=.02)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+                else:
+                    nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+        if zero_init_last:
+            for module in self.modules():
+                if hasattr(module, 'zero_init_last'):
+                    module.zero_init_last()
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Names exempt from weight decay beyond the 1-D params timm already exempts: none."""
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups for layer-wise LR decay: stem, ResNet blocks, VT modules, head."""
+        return dict(
+            stem=r'^conv1|bn1|maxpool',
+            blocks=r'^layer(\d+)' if coarse else r'^layer(\d+)\.(\d+)',
+            vt=r'^vt' if coarse else [(r'^vt\.lift', (0,)), (r'^vt\.blocks\.(\d+)', (1,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        self.vt.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
+        return 'fc' if name_only else self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New classifier with ``num_classes`` outputs (0: none) on the model's device and dtype."""
+        if global_pool is not None:
+            if global_pool not in POOL_TYPES:
+                raise ValueError(f'global_pool must be one of {POOL_TYPES}, got {global_pool!r}')
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        dd = get_device_dtype(self)
+        self.fc = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.fc.train(self.training)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        _assert(x.ndim == 4, f'expected an image batch (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}')
+        _assert(
+            x.shape[1] == self.in_chans,
+            f'expected {self.in_chans} input channels (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}',
+        )
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act1(self.bn1(self.conv1(x)))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward that also returns the NCHW maps of the stem and layer1-3.
+
+        Args:
+            x: input images.
+            indices: last n levels if int, all if None, else the listed levels (0 = stem).
+            norm: unused (no norm on the maps), kept for timm API compatibility.
+            stop_early: stop after the last requested level.
+            output_fmt: 'NCHW' only.
+            intermediates_only: return only the intermediates.
+
+        Returns:
+            The intermediates, or (final output, intermediates); the final output is the VT
+            tokens (N, L, C_T) unless ``stop_early`` stopped before the VT stage.
+        """
+        _assert(output_fmt == 'NCHW', 'output_fmt must be NCHW: intermediates are feature maps')
+        self._check_input(x)
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        intermediates = []
+        x = self._stem(x)
+        if 0 in take_indices:
+            intermediates.append(x)
+        x = self.maxpool(x)
+        layers = [self.layer1, self.layer2, self.layer3]
+        last_layer = max_index if stop_early else len(layers)
+        for idx, layer in enumerate(layers[:last_layer]):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(layer, x)
+            else:
+                x = layer(x)
+            if idx + 1 in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        if last_layer == len(layers):
+            x = self.vt(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop what the requested intermediates do not need.
+
+        Layers after the last requested level go; the VT stage goes with the head (it only feeds
+        the head) or when its input layer is pruned. Without the VT stage the model ends at the
+        last kept map and its head passes that map through (``reset_classifier(0, '')``).
+        """
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        for name in ('layer1', 'layer2', 'layer3')[max_index:]:
+            setattr(self, name, nn.Sequential())
+        if max_index == 0:
+            self.maxpool = nn.Identity()
+        if prune_head or max_index < len(self.feature_info) - 1:
+            self.vt = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W) -> VT tokens (N, L, C_T)."""
+        self._check_input(x)
+        x = self.maxpool(self._stem(x))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq([self.layer1, self.layer2, self.layer3], x, flatten=True)
+        else:
+            x = self.layer3(self.layer2(self.layer1(x)))
+        return self.vt(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens (N, L, C_T) -> logits; a (pruned) NCHW map is pooled over its pixels instead."""
+        if x.ndim == 4:
+            x = x.flatten(2).transpose(1, 2)
+        if self.global_pool == 'avg':
+            x = x.mean(dim=1)
+        elif self.global_pool == 'max':
+            x = x.amax(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _create_vt_resnet(variant: str, pretrained: bool = False, **kwargs) -> VTResNet:
+    """Build through timm (pretrained cfg, features_only, in_chans adaptation, head reset)."""
+    if pretrained:
+        _check_weights_published(variant, kwargs)
+    return build_model_with_cfg(
+        VTResNet,
+        variant,
+        pretrained,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+        **kwargs,
+    )
+
+
+def _check_weights_published(variant: str, kwargs: Dict[str, Any]) -> None:
+    """Fail early and clearly when ``pretrained=True`` would fetch weights that do not exist."""
+    pretrained_cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+    )
+    cfg = pretrained_cfg.to_dict()
+    default_hub_id = default_cfgs[f'{variant}.{pretrained_cfg.tag}'].hf_hub_id if pretrained_cfg.tag else None
+    user_source = cfg.get('file') or cfg.get('state_dict') or cfg.get('url') or (
+        cfg.get('hf_hub_id') and cfg.get('hf_hub_id') != default_hub_id)
+    if not user_source and f'{variant}.{pretrained_cfg.tag}' not in PUBLISHED_WEIGHTS:
+        raise RuntimeError(
+            f'No pretrained weights are published for {variant}.{pretrained_cfg.tag} yet '
+            f'(published: {sorted(PUBLISHED_WEIGHTS) or "none"}). Use pretrained=False, or load '
+            f'your own: timm.create_model(\'{variant}\', pretrained=True, '
+            f'pretrained_cfg_overlay=dict(file=\'/path/to/model.safetensors\')).'
+        )
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'min_input_size': (3, 64, 64),
+        'crop_pct': 0.875, 'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'conv1', 'classifier': 'fc',
+        'license': 'apache-2.0', 'paper_ids': 'arXiv:2006.03677',
+        'paper_name': 'Visual Transformers: Token-based Image Representation and Processing for Computer Vision',
+        'origin_url': 'https://arxiv.org/abs/2006.03677',
+        **kwargs,
+    }
+
+
+HF_HUB_ORG = 'vt-timm'
+
+default_cfgs = generate_default_cfgs({
+    f'{arch}.in1k': _cfg(hf_hub_id=f'{HF_HUB_ORG}/{arch}.in1k')
+    for arch in ('vt_resnet18', 'vt_resnet34', 'vt_resnet50', 'vt_resnet101')
+})
+
+# '<arch>.<tag>' entries whose weights exist on the Hub; the README's weights table lists them
+PUBLISHED_WEIGHTS: Set[str] = set()
+
+
+@register_model
+def vt_resnet18(pretrained: bool = False, **kwargs) -> VTResNet:
+    """VT-ResNet-18: ResNet-18 layer1-3, 256->512 lift, 2 VT modules (C 512, L 16, C_T 1024)."""
+    model_args = dict(block=BasicBlock, layers=(2, 2, 2), vt_chs=512, vt_depth=2)
+    return _create_vt_resnet('vt_resnet18', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vt_resnet34(pretrained: bool = False, **kwargs) -> VTResNet:
+    """VT-ResNet-34: ResNet-34 layer1-3, 256->512 lift, 3 VT modules (C 512, L 16, C_T 1024)."""
+    model_args = dict(block=BasicBlock, layers=(3, 4, 6), vt_chs=512, vt_depth=3)
+    return _create_vt_resnet('vt_resnet34', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vt_resnet50(pretrained: bool = False, **kwargs) -> VTResNet:
+    """VT-ResNet-50: ResNet-50 layer1-3, 3 VT modules (C 1024, L 16, C_T 1024)."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 6), vt_chs=1024, vt_depth=3)
+    return _create_vt_resnet('vt_resnet50', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vt_resnet101(pretrained: bool = False, **kwargs) -> VTResNet:
+    """VT-ResNet-101: ResNet-101 layer1-3, 3 VT modules (C 1024, L 16, C_T 1024)."""
+    model_args = dict(block=Bottleneck, layers=(3, 4, 23), vt_chs=1024, vt_depth=3)
+    return _create_vt_resnet('vt_resnet101', pretrained, **dict(model_args, **kwargs))
