@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ConvNormAct, DropPath, _assert, use_fused_attn
+from timm.layers import ConvNormAct, DropPath, use_fused_attn
 from timm.models import checkpoint
 
 __all__ = [
@@ -299,12 +299,7 @@ class VTStage(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map (N, C_in, H, W) -> tokens (N, L, C_T) of the last module."""
-        _assert(
-            x.shape[-2] * x.shape[-1] >= self.num_tokens,
-            f'the VT stage needs a feature map with at least {self.num_tokens} pixels (one per token) '
-            f'but got {x.shape[-2]}x{x.shape[-1]}; feed a larger image',
-        )
+        """Map (N, C_in, H, W) with at least L pixels -> tokens (N, L, C_T) of the last module."""
         x = self.lift(x)
         tokens: Optional[torch.Tensor] = None
         for block in self.blocks:

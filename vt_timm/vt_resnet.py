@@ -9,6 +9,7 @@ classifier average-pools the output tokens. ``forward_features`` therefore retur
 (N, L, C_T), like timm's ViT/LeViT, while ``feature_info``/``features_only`` expose the four NCHW
 maps up to stride 16. Design choices: docs/architecture.md.
 """
+import math
 from typing import Any, Dict, List, Optional, Set, Tuple, Type, Union
 
 import torch
@@ -25,6 +26,13 @@ from .layers import VTStage
 __all__ = ['VTResNet']
 
 POOL_TYPES = ('', 'avg', 'max')
+
+
+class PixelTokens(nn.Module):
+    """Use the pixels of a map as tokens: (N, C, H, W) -> (N, HW, C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
 
 
 class VTResNet(nn.Module):
@@ -174,11 +182,21 @@ class VTResNet(nn.Module):
         self.fc.train(self.training)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        _assert(x.ndim == 4, f'expected an image batch (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}')
+        """Clear errors for a wrong rank, channel count or an image too small for the VT stage."""
+        _assert(x.ndim == 4, f'expected an image batch (N, {self.in_chans}, H, W), got shape {x.shape}')
         _assert(
             x.shape[1] == self.in_chans,
-            f'expected {self.in_chans} input channels (N, {self.in_chans}, H, W), got shape {tuple(x.shape)}',
+            f'expected {self.in_chans} input channels (N, {self.in_chans}, H, W), got shape {x.shape}',
         )
+        if isinstance(self.vt, VTStage):
+            # the stride-16 map has ceil(H/16) x ceil(W/16) pixels; each token needs at least one
+            map_pixels = ((x.shape[2] + 15) // 16) * ((x.shape[3] + 15) // 16)
+            _assert(
+                map_pixels >= self.vt.num_tokens,
+                f'input {x.shape[2]}x{x.shape[3]} is too small: its stride-16 map has {map_pixels} pixels, '
+                f'fewer than the {self.vt.num_tokens} visual tokens; use at least '
+                f'{16 * math.ceil(math.sqrt(self.vt.num_tokens))}x{16 * math.ceil(math.sqrt(self.vt.num_tokens))} px',
+            )
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.act1(self.bn1(self.conv1(x)))
@@ -238,8 +256,8 @@ class VTResNet(nn.Module):
         """Drop what the requested intermediates do not need.
 
         Layers after the last requested level go; the VT stage goes with the head (it only feeds
-        the head) or when its input layer is pruned. Without the VT stage the model ends at the
-        last kept map and its head passes that map through (``reset_classifier(0, '')``).
+        the head) or when its input layer is pruned; the last kept map's pixels then serve as the
+        tokens, so ``forward_features`` stays (N, L, C), and the head is reset to pass them through.
         """
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
         for name in ('layer1', 'layer2', 'layer3')[max_index:]:
@@ -247,7 +265,7 @@ class VTResNet(nn.Module):
         if max_index == 0:
             self.maxpool = nn.Identity()
         if prune_head or max_index < len(self.feature_info) - 1:
-            self.vt = nn.Identity()
+            self.vt = PixelTokens()
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
             self.reset_classifier(0, '')
         return take_indices
@@ -263,9 +281,7 @@ class VTResNet(nn.Module):
         return self.vt(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens (N, L, C_T) -> logits; a (pruned) NCHW map is pooled over its pixels instead."""
-        if x.ndim == 4:
-            x = x.flatten(2).transpose(1, 2)
+        """Tokens (N, L, C_T) -> logits (or pooled pre-logits, or the tokens when unpooled)."""
         if self.global_pool == 'avg':
             x = x.mean(dim=1)
         elif self.global_pool == 'max':
@@ -297,13 +313,13 @@ def _check_weights_published(variant: str, kwargs: Dict[str, Any]) -> None:
         pretrained_cfg=kwargs.get('pretrained_cfg'),
         pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
     )
-    cfg = pretrained_cfg.to_dict()
-    default_hub_id = default_cfgs[f'{variant}.{pretrained_cfg.tag}'].hf_hub_id if pretrained_cfg.tag else None
-    user_source = cfg.get('file') or cfg.get('state_dict') or cfg.get('url') or (
-        cfg.get('hf_hub_id') and cfg.get('hf_hub_id') != default_hub_id)
-    if not user_source and f'{variant}.{pretrained_cfg.tag}' not in PUBLISHED_WEIGHTS:
+    name = f'{variant}.{pretrained_cfg.tag}'
+    default_cfg = default_cfgs[variant].cfgs.get(pretrained_cfg.tag)
+    own_source = pretrained_cfg.file or pretrained_cfg.state_dict or pretrained_cfg.url or (
+        default_cfg is None or pretrained_cfg.hf_hub_id != default_cfg.hf_hub_id)
+    if not own_source and name not in PUBLISHED_WEIGHTS:
         raise RuntimeError(
-            f'No pretrained weights are published for {variant}.{pretrained_cfg.tag} yet '
+            f'No pretrained weights are published for {name} yet '
             f'(published: {sorted(PUBLISHED_WEIGHTS) or "none"}). Use pretrained=False, or load '
             f'your own: timm.create_model(\'{variant}\', pretrained=True, '
             f'pretrained_cfg_overlay=dict(file=\'/path/to/model.safetensors\')).'
