@@ -4,16 +4,16 @@ Paper: `Visual Transformers: Token-based Image Representation and Processing for
     - https://arxiv.org/abs/2006.03677 (Wu et al., v4 / ICCV 2021)
 
 A VT module turns a feature map X (N, C, H, W) into L visual tokens T (N, L, C_T), relates the
-tokens with a transformer and fuses them back into the map:
+tokens with a transformer and fuses them back into the map (v4 equations; the scalings, norms and
+C <-> C_T maps added to them are the choices listed in docs/architecture.md):
 
-    tokenizer    T = SOFTMAX_HW(X W_A)^T X            (filter-based, first module)
-                 T = SOFTMAX_HW(X (T_in W_T->R)^T)^T X  (recurrent, later modules)
-    transformer  T' = T + SOFTMAX_L((T K)(T Q)^T) T;   T_out = T' + ReLU(T' F1) F2
-    projector    X_out = X + SOFTMAX_L((X W_Q)(T W_K)^T) T
+    tokenizer    T = SOFTMAX_HW(X W_A / sqrt(C))^T X W_V               (filter-based, first module)
+                 T = SOFTMAX_HW(X (T_in W_T->R)^T / sqrt(C))^T X W_V   (recurrent, later modules)
+    transformer  T' = T + SOFTMAX_L((T K)(T Q)^T / sqrt(d)) T;  T_out = T' + BN(ReLU(BN(T' F1)) F2)
+    projector    X_out = X + BN(SOFTMAX_L((X W_Q)(T W_K)^T / sqrt(d)) T W_V)
 
-Tokens are kept token-major (N, L, C), as in timm's other token models. Every choice the paper
-leaves open (C <-> C_T bridges, attention width and scaling, norms, FFN width) is explained in
-docs/architecture.md.
+W_V maps C <-> C_T and exists only where the two widths differ. Tokens are kept token-major
+(N, L, C), as in timm's other token models.
 """
 from typing import List, Optional, Tuple
 
@@ -83,7 +83,8 @@ def _spatial_softmax_gather(logits: torch.Tensor, x: torch.Tensor) -> torch.Tens
 class FilterTokenizer(nn.Module):
     """Filter-based tokenizer: a 1x1 conv W_A gives one spatial attention per token.
 
-    ``T = SOFTMAX_HW(X W_A)^T X``, then a token-wise C -> C_T map where the widths differ.
+    ``T = SOFTMAX_HW(X W_A / sqrt(C))^T X W_V``; the token-wise W_V (C -> C_T, no norm) exists only
+    where the widths differ.
     """
 
     def __init__(
@@ -98,7 +99,7 @@ class FilterTokenizer(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         self.scale = in_chs ** -0.5
         self.attn = nn.Conv2d(in_chs, num_tokens, 1, bias=False, **dd)  # W_A
-        self.value = TokenLinear(in_chs, token_chs, **dd) if in_chs != token_chs else nn.Identity()
+        self.value = nn.Linear(in_chs, token_chs, bias=False, **dd) if in_chs != token_chs else nn.Identity()
 
     def spatial_logits(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Pre-softmax spatial attention (N, L, HW); ``tokens`` is unused (fixed filters)."""
@@ -111,7 +112,7 @@ class FilterTokenizer(nn.Module):
 class RecurrentTokenizer(nn.Module):
     """Recurrent tokenizer: the previous module's tokens become this module's filters.
 
-    ``W_R = T_in W_T->R``; ``T = SOFTMAX_HW(X W_R^T)^T X``, then the C -> C_T map.
+    ``W_R = T_in W_T->R``; ``T = SOFTMAX_HW(X W_R^T / sqrt(C))^T X W_V``, W_V as in the filter tokenizer.
     """
 
     def __init__(
@@ -125,7 +126,7 @@ class RecurrentTokenizer(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         self.scale = in_chs ** -0.5
         self.token_to_filter = nn.Linear(token_chs, in_chs, bias=False, **dd)  # W_T->R
-        self.value = TokenLinear(in_chs, token_chs, **dd) if in_chs != token_chs else nn.Identity()
+        self.value = nn.Linear(in_chs, token_chs, bias=False, **dd) if in_chs != token_chs else nn.Identity()
 
     def spatial_logits(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Pre-softmax spatial attention (N, L, HW) computed from the previous tokens."""
@@ -140,8 +141,8 @@ class RecurrentTokenizer(nn.Module):
 class TokenTransformer(nn.Module):
     """Transformer over the L tokens (no positional encoding, as in v4).
 
-    ``T' = T + SOFTMAX_L((T K)(T Q)^T) T`` (values are the tokens themselves), then
-    ``T_out = T' + ReLU(T' F1) F2`` with F1, F2 square (C_T x C_T) token-wise maps.
+    ``T' = T + SOFTMAX_L((T K)(T Q)^T / sqrt(d)) T`` (values are the tokens themselves), then
+    ``T_out = T' + BN(ReLU(BN(T' F1)) F2)`` with F1, F2 square (C_T x C_T) token-wise maps.
     """
 
     def __init__(
@@ -181,7 +182,7 @@ class TokenTransformer(nn.Module):
 class Projector(nn.Module):
     """Projector: every pixel attends over the tokens and adds what it reads.
 
-    ``X_out = X + BN(SOFTMAX_L((X W_Q)(T W_K)^T) T W_V)``; W_V (C_T -> C) exists only where the
+    ``X_out = X + BN(SOFTMAX_L((X W_Q)(T W_K)^T / sqrt(d)) T W_V)``; W_V (C_T -> C) exists only where the
     widths differ.
     """
 

@@ -1,0 +1,32 @@
+"""Shared fixtures: real photographs (scikit-image's bundled images) as model inputs."""
+from typing import Callable, Tuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+import vt_timm  # noqa: F401  registers the models
+
+PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket')
+
+
+def load_photos(size: Tuple[int, int], num: int = 2, in_chans: int = 3) -> torch.Tensor:
+    """The first ``num`` bundled scikit-image photos, resized to ``size`` and ImageNet-normalised."""
+    import skimage.data
+
+    images = []
+    for name in (PHOTOS * num)[:num]:
+        image = torch.from_numpy(getattr(skimage.data, name)()).permute(2, 0, 1).float() / 255.
+        images.append(F.interpolate(image[None], size=size, mode='bilinear', antialias=True, align_corners=False)[0])
+    batch = torch.stack(images)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
+    batch = (batch - mean) / std
+    return batch.mean(dim=1, keepdim=True) if in_chans == 1 else batch
+
+
+@pytest.fixture(scope='session')
+def photos() -> Callable[..., torch.Tensor]:
+    """``photos(size, num=2, in_chans=3)`` -> a normalised batch of real photographs."""
+    return load_photos

@@ -1,0 +1,479 @@
+"""Value-level unit tests of the VT building blocks in ``vt_timm.layers``.
+
+Every block is checked against a direct, independent transcription of its equation (arXiv
+2006.03677 v4, with the scaling / value-map / norm choices documented in ``vt_timm/layers.py``)
+on small float64 tensors, using the module's own weights. BatchNorm layers are put in eval mode
+with non-trivial running statistics and affine parameters set here, so they are part of every
+check. The reference helpers below never call the module code under test: softmax is written as
+exp / sum, BatchNorm as (x - mean) / sqrt(var + eps) * weight + bias, products as einsum.
+"""
+from typing import Iterable, List, Optional, Tuple
+
+import pytest
+import torch
+import torch.nn as nn
+from timm.layers import ConvNormAct, DropPath
+
+from vt_timm.layers import (
+    FilterTokenizer, Projector, RecurrentTokenizer, TokenLinear, TokenTransformer, VTBlock, VTStage,
+    token_attention,
+)
+
+N = 2  # batch
+C = 8  # feature-map channels
+L = 4  # tokens
+QK = 6  # attention width of K/Q (divisible by 1 and 2 heads)
+MAP_SIZES = [(5, 5), (3, 5)]  # square and non-square feature maps
+TOL64 = dict(rtol=1e-10, atol=1e-10)
+TOL32 = dict(rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures and set-up helpers
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+
+
+def randomize_bn_(module: nn.Module, keep_affine: Iterable[nn.Module] = ()) -> nn.Module:
+    """Give every BatchNorm in ``module`` non-trivial running stats and affine params (in place).
+
+    BNs listed in ``keep_affine`` get new running stats but keep their weight / bias as they are.
+    """
+    keep = {id(m) for m in keep_affine}
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn_like(m.running_mean))
+                m.running_var.copy_(torch.rand_like(m.running_var) * 1.5 + 0.5)
+                if id(m) not in keep:
+                    m.weight.copy_(torch.randn_like(m.weight) * 0.5 + 1.)
+                    m.bias.copy_(torch.randn_like(m.bias) * 0.5)
+    return module
+
+
+def prepared(module: nn.Module, fused: Optional[bool] = None) -> nn.Module:
+    """float64, random BN stats / affine, eval mode; optionally force the attention path."""
+    module = randomize_bn_(module.double()).eval()
+    if fused is not None:
+        for m in module.modules():
+            if hasattr(m, 'fused_attn'):
+                m.fused_attn = fused
+    return module
+
+
+def rand_map(h: int, w: int, c: int = C) -> torch.Tensor:
+    return torch.randn(N, c, h, w, dtype=torch.float64)
+
+
+def rand_tokens(c: int, l: int = L) -> torch.Tensor:
+    return torch.randn(N, l, c, dtype=torch.float64)
+
+
+def pixels(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> X of the paper, (N, HW, C)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# reference transcriptions of the equations
+# --------------------------------------------------------------------------------------------
+
+def ref_softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
+    e = torch.exp(logits - logits.amax(dim=dim, keepdim=True))
+    return e / e.sum(dim=dim, keepdim=True)
+
+
+def ref_bn(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, channel_dim: int) -> torch.Tensor:
+    """Eval-mode BatchNorm along ``channel_dim`` from its running stats and affine params."""
+    shape = [1] * x.ndim
+    shape[channel_dim] = -1
+    mean, var = bn.running_mean.view(shape), bn.running_var.view(shape)
+    return (x - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(shape) + bn.bias.view(shape)
+
+
+def ref_token_linear(t: torch.Tensor, tl: TokenLinear) -> torch.Tensor:
+    """Token-wise ``t W^T`` (no bias) then BN over channels; t is (N, L, C_in)."""
+    return ref_bn(torch.einsum('nlc,dc->nld', t, tl.fc.weight), tl.bn, channel_dim=2)
+
+
+def ref_attention(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int = 1,
+) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """Per head h: softmax_keys(q_h k_h^T / sqrt(d_h)) v_h, heads concatenated along channels.
+
+    Returns the output (N, M, Dv) and the list of per-head attention matrices (N, M, L).
+    """
+    dq, dv = q.shape[-1] // num_heads, v.shape[-1] // num_heads
+    outs, attns = [], []
+    for h in range(num_heads):
+        qh, kh = q[..., h * dq:(h + 1) * dq], k[..., h * dq:(h + 1) * dq]
+        vh = v[..., h * dv:(h + 1) * dv]
+        attn = ref_softmax(torch.einsum('nmd,nld->nml', qh, kh) / dq ** 0.5, dim=-1)
+        outs.append(torch.einsum('nml,nlc->nmc', attn, vh))
+        attns.append(attn)
+    return torch.cat(outs, dim=-1), attns
+
+
+def ref_spatial_tokens(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``T = SOFTMAX_HW(logits)^T X``: logits (N, HW, L) over pixels -> tokens (N, L, C)."""
+    a = ref_softmax(logits, dim=1)  # spatial attention A, one distribution over pixels per token
+    return torch.einsum('npl,npc->nlc', a, pixels(x))
+
+
+def ref_value_map(t: torch.Tensor, tokenizer: nn.Module) -> torch.Tensor:
+    """The tokenizer's W_V: a plain token-wise C -> C_T matrix (no norm), identity if C == C_T."""
+    value = tokenizer.value
+    return torch.einsum('nlc,oc->nlo', t, value.weight) if isinstance(value, nn.Linear) else t
+
+
+def ref_filter_tokenizer(tok: FilterTokenizer, x: torch.Tensor) -> torch.Tensor:
+    """``T = SOFTMAX_HW(X W_A / sqrt(C))^T X`` then the C -> C_T value map."""
+    w_a = tok.attn.weight[:, :, 0, 0].T  # (C, L)
+    logits = torch.einsum('npc,cl->npl', pixels(x), w_a) / x.shape[1] ** 0.5
+    return ref_value_map(ref_spatial_tokens(x, logits), tok)
+
+
+def ref_recurrent_tokenizer(tok: RecurrentTokenizer, x: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+    """``W_R = T_in W_T->R``; ``T = SOFTMAX_HW(X W_R^T / sqrt(C))^T X`` then the value map."""
+    w_r = torch.einsum('nlt,ct->nlc', t_in, tok.token_to_filter.weight)  # (N, L, C)
+    logits = torch.einsum('npc,nlc->npl', pixels(x), w_r) / x.shape[1] ** 0.5
+    return ref_value_map(ref_spatial_tokens(x, logits), tok)
+
+
+def ref_transformer_attention(tr: TokenTransformer, t: torch.Tensor) -> torch.Tensor:
+    """``T' = T + SOFTMAX_L((T K)(T Q)^T / sqrt(d)) T`` (per head)."""
+    tk = torch.einsum('nlc,dc->nld', t, tr.key.weight)
+    tq = torch.einsum('nlc,dc->nld', t, tr.query.weight)
+    return t + ref_attention(tk, tq, t, tr.num_heads)[0]
+
+
+def ref_transformer(tr: TokenTransformer, t: torch.Tensor) -> torch.Tensor:
+    """``T_out = T' + BN(ReLU(BN(T' F1)) F2)``."""
+    t1 = ref_transformer_attention(tr, t)
+    hidden = torch.clamp(ref_token_linear(t1, tr.ffn_in), min=0.)
+    return t1 + ref_token_linear(hidden, tr.ffn_out)
+
+
+def ref_projector(pr: Projector, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``X_out = X + BN2d(SOFTMAX_L((X W_Q)(T W_K)^T / sqrt(d)) (T W_V))``."""
+    n, c, h, w = x.shape
+    xq = torch.einsum('npc,dc->npd', pixels(x), pr.query.weight[:, :, 0, 0])
+    tk = torch.einsum('nlt,dt->nld', t, pr.key.weight)
+    tv = torch.einsum('nlt,ct->nlc', t, pr.value.weight) if isinstance(pr.value, nn.Linear) else t
+    read = ref_attention(xq, tk, tv, pr.num_heads)[0]  # (N, HW, C)
+    read = read.transpose(1, 2).reshape(n, c, h, w)
+    return x + ref_bn(read, pr.norm, channel_dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. token_attention
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('num_heads', [1, 2])
+@pytest.mark.parametrize('dv', [4, 10])
+def test_token_attention_matches_per_head_reference(num_heads, dv):
+    q, k, v = torch.randn(N, 7, QK), torch.randn(N, L, QK), torch.randn(N, L, dv)
+    q64, k64, v64 = q.double(), k.double(), v.double()
+    expected = ref_attention(q64, k64, v64, num_heads)[0]
+    for fused in (True, False):
+        assert torch.allclose(token_attention(q64, k64, v64, num_heads, fused), expected, **TOL64)
+    fused32 = token_attention(q, k, v, num_heads, fused=True)
+    plain32 = token_attention(q, k, v, num_heads, fused=False)
+    assert fused32.dtype == torch.float32
+    assert torch.allclose(fused32, plain32, **TOL32)
+    assert torch.allclose(fused32.double(), expected, **TOL32)
+
+
+@pytest.mark.parametrize('num_heads', [1, 2])
+def test_token_attention_bf16(num_heads):
+    q, k, v = torch.randn(N, 7, QK), torch.randn(N, L, QK), torch.randn(N, L, 8)
+    expected = ref_attention(q.double(), k.double(), v.double(), num_heads)[0]
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    fused = token_attention(qb, kb, vb, num_heads, fused=True)
+    plain = token_attention(qb, kb, vb, num_heads, fused=False)
+    assert fused.dtype == plain.dtype == torch.bfloat16
+    assert torch.allclose(fused.float(), plain.float(), rtol=3e-2, atol=3e-2)
+    assert torch.allclose(fused.double(), expected, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_token_attention_implied_weights_are_row_stochastic(fused):
+    """With value = identity (one-hot per key), the output *is* the attention matrix."""
+    q, k = torch.randn(N, 7, QK, dtype=torch.float64), torch.randn(N, L, QK, dtype=torch.float64)
+    eye = torch.eye(L, dtype=torch.float64).expand(N, L, L)
+    attn = token_attention(q, k, eye, num_heads=1, fused=fused)  # (N, 7, L)
+    expected = ref_softmax(torch.einsum('nmd,nld->nml', q, k) / QK ** 0.5, dim=-1)
+    assert torch.allclose(attn, expected, **TOL64)
+    assert (attn > 0).all()
+    assert torch.allclose(attn.sum(-1), torch.ones(N, 7, dtype=torch.float64), **TOL64)
+    # the reference's own per-head matrices are row-stochastic too
+    for a in ref_attention(q, k, eye, num_heads=2)[1]:
+        assert torch.allclose(a.sum(-1), torch.ones_like(a.sum(-1)), **TOL64)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. FilterTokenizer
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('hw', MAP_SIZES)
+def test_filter_tokenizer_same_width(hw):
+    tok = prepared(FilterTokenizer(C, C, num_tokens=L))
+    assert isinstance(tok.value, nn.Identity)
+    x = rand_map(*hw)
+    out = tok(x)
+    assert out.shape == (N, L, C)
+    assert torch.allclose(out, ref_filter_tokenizer(tok, x), **TOL64)
+    # the 1/sqrt(C) scaling is part of the equation: without it the result differs
+    w_a = tok.attn.weight[:, :, 0, 0].T
+    unscaled = ref_spatial_tokens(x, torch.einsum('npc,cl->npl', pixels(x), w_a))
+    assert not torch.allclose(out, unscaled, rtol=1e-4, atol=1e-4)
+    # each token is a convex combination of pixel vectors
+    pmin, pmax = pixels(x).amin(dim=1, keepdim=True), pixels(x).amax(dim=1, keepdim=True)
+    assert ((out >= pmin - 1e-12) & (out <= pmax + 1e-12)).all()
+
+
+@pytest.mark.parametrize('hw', MAP_SIZES)
+def test_filter_tokenizer_value_map(hw):
+    tok = prepared(FilterTokenizer(C, 12, num_tokens=L))
+    assert isinstance(tok.value, nn.Linear) and tok.value.bias is None
+    x = rand_map(*hw)
+    out = tok(x)
+    assert out.shape == (N, L, 12)
+    assert torch.allclose(out, ref_filter_tokenizer(tok, x), **TOL64)
+
+
+@pytest.mark.parametrize('hw', MAP_SIZES)
+def test_filter_tokenizer_spatial_logits(hw):
+    tok = prepared(FilterTokenizer(C, 12, num_tokens=L))
+    x = rand_map(*hw)
+    logits = tok.spatial_logits(x)
+    assert logits.shape == (N, L, hw[0] * hw[1])
+    expected = torch.einsum('npc,lc->nlp', pixels(x), tok.attn.weight[:, :, 0, 0]) / C ** 0.5
+    assert torch.allclose(logits, expected, **TOL64)
+    assert torch.allclose(tok.spatial_logits(x, rand_tokens(12)), logits)  # tokens are unused
+    a = ref_softmax(logits, dim=-1)
+    assert torch.allclose(a.sum(-1), torch.ones(N, L, dtype=torch.float64), **TOL64)
+
+
+# --------------------------------------------------------------------------------------------
+# 3. RecurrentTokenizer
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('token_chs', [C, 12])
+@pytest.mark.parametrize('hw', MAP_SIZES)
+def test_recurrent_tokenizer_matches_equation(token_chs, hw):
+    tok = prepared(RecurrentTokenizer(C, token_chs))
+    assert isinstance(tok.value, nn.Linear if token_chs != C else nn.Identity)
+    x, t_in = rand_map(*hw), rand_tokens(token_chs)
+    out = tok(x, t_in)
+    assert out.shape == (N, L, token_chs)
+    assert torch.allclose(out, ref_recurrent_tokenizer(tok, x, t_in), **TOL64)
+    assert tok.spatial_logits(x, t_in).shape == (N, L, hw[0] * hw[1])
+
+
+def test_recurrent_tokenizer_needs_tokens():
+    tok = prepared(RecurrentTokenizer(C, 12))
+    with pytest.raises(AssertionError):
+        tok(rand_map(5, 5))
+
+
+def test_recurrent_tokenizer_depends_on_input_tokens():
+    tok = prepared(RecurrentTokenizer(C, 12))
+    x = rand_map(5, 5)
+    assert not torch.allclose(tok(x, rand_tokens(12)), tok(x, rand_tokens(12)), rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# 4. TokenTransformer
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('num_heads', [1, 2])
+@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('dim', [C, 12])
+def test_transformer_matches_equation(num_heads, fused, dim):
+    tr = prepared(TokenTransformer(dim, qk_dim=QK, num_heads=num_heads), fused=fused)
+    t = rand_tokens(dim)
+    out = tr(t)
+    assert out.shape == t.shape
+    assert torch.allclose(out, ref_transformer(tr, t), **TOL64)
+
+
+def test_transformer_heads_are_not_single_head():
+    """num_heads=2 splits K/Q and the values per head; it is not the single-head result."""
+    tr = prepared(TokenTransformer(C, qk_dim=QK, num_heads=2))
+    t = rand_tokens(C)
+    out2 = tr(t)
+    tr.num_heads = 1
+    assert not torch.allclose(out2, tr(t), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_transformer_zero_init_last_gives_attention_only(training):
+    tr = TokenTransformer(C, qk_dim=QK, num_heads=2).double()
+    tr.zero_init_last()
+    randomize_bn_(tr, keep_affine=[tr.ffn_out.bn]).train(training)
+    t = rand_tokens(C)
+    assert torch.allclose(tr(t), ref_transformer_attention(tr, t), **TOL64)
+    # the FFN branch is exactly zero: the module's output equals its own attention step
+    attended = token_attention(tr.key(t), tr.query(t), t, tr.num_heads, tr.fused_attn)
+    assert torch.equal(tr(t), t + attended)
+
+
+@pytest.mark.parametrize('num_heads', [1, 2])
+def test_transformer_permutation_equivariant(num_heads):
+    tr = prepared(TokenTransformer(C, qk_dim=QK, num_heads=num_heads))
+    t = rand_tokens(C, l=6)
+    perm = torch.randperm(6)
+    assert torch.allclose(tr(t[:, perm]), tr(t)[:, perm], **TOL64)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Projector
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('token_chs', [C, 12])
+@pytest.mark.parametrize('num_heads', [1, 2])
+@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize('hw', MAP_SIZES)
+def test_projector_matches_equation(token_chs, num_heads, fused, hw):
+    pr = prepared(Projector(C, token_chs, qk_dim=QK, num_heads=num_heads), fused=fused)
+    assert isinstance(pr.value, nn.Linear if token_chs != C else nn.Identity)
+    x, t = rand_map(*hw), rand_tokens(token_chs)
+    out = pr(x, t)
+    assert out.shape == x.shape
+    assert torch.allclose(out, ref_projector(pr, x, t), **TOL64)
+
+
+@pytest.mark.parametrize('token_chs', [C, 12])
+def test_projector_fused_matches_explicit_fp32(token_chs):
+    pr = randomize_bn_(Projector(C, token_chs, qk_dim=QK, num_heads=2)).eval()
+    x, t = torch.randn(N, C, 3, 5), torch.randn(N, L, token_chs)
+    pr.fused_attn = True
+    fused = pr(x, t)
+    pr.fused_attn = False
+    assert torch.allclose(fused, pr(x, t), **TOL32)
+
+
+@pytest.mark.parametrize('training', [False, True])
+@pytest.mark.parametrize('token_chs', [C, 12])
+def test_projector_zero_init_last_is_identity(training, token_chs):
+    pr = Projector(C, token_chs, qk_dim=QK).double()
+    pr.zero_init_last()
+    randomize_bn_(pr, keep_affine=[pr.norm]).train(training)
+    x = rand_map(3, 5)
+    assert torch.equal(pr(x, rand_tokens(token_chs)), x)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. VTBlock / VTStage
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('recurrent', [False, True])
+@pytest.mark.parametrize('project', [False, True])
+def test_block_is_chain_of_its_submodules(recurrent, project):
+    block = prepared(VTBlock(C, 12, num_tokens=L, recurrent=recurrent, project=project, qk_dim=QK, num_heads=2))
+    assert isinstance(block.tokenizer, RecurrentTokenizer if recurrent else FilterTokenizer)
+    assert (block.projector is not None) == project
+    x, t_in = rand_map(3, 5), (rand_tokens(12) if recurrent else None)
+    x_out, t_out = block(x, t_in)
+    if recurrent:
+        tokens = ref_recurrent_tokenizer(block.tokenizer, x, t_in)
+    else:
+        tokens = ref_filter_tokenizer(block.tokenizer, x)
+    tokens = ref_transformer(block.transformer, tokens)
+    assert torch.allclose(t_out, tokens, **TOL64)
+    if project:
+        assert torch.allclose(x_out, ref_projector(block.projector, x, tokens), **TOL64)
+    else:
+        assert x_out is x
+
+
+@pytest.mark.parametrize('in_chs', [6, C])
+@pytest.mark.parametrize('depth', [1, 3])
+def test_stage_structure_and_output(in_chs, depth):
+    stage = prepared(VTStage(in_chs, C, depth, token_chs=12, num_tokens=L, qk_dim=QK, num_heads=2))
+    assert isinstance(stage.lift, ConvNormAct if in_chs != C else nn.Identity)
+    assert len(stage.blocks) == depth
+    for i, block in enumerate(stage.blocks):
+        assert isinstance(block.tokenizer, FilterTokenizer if i == 0 else RecurrentTokenizer)
+        assert (block.projector is None) == (i == depth - 1)
+    x = torch.randn(N, in_chs, 3, 5, dtype=torch.float64)
+    out = stage(x)
+    # manual chaining: lift (conv -> BN -> ReLU), then the blocks' own forward passes
+    if in_chs != C:
+        lifted = torch.einsum('nchw,dc->ndhw', x, stage.lift.conv.weight[:, :, 0, 0])
+        h = torch.clamp(ref_bn(lifted, stage.lift.bn, channel_dim=1), min=0.)
+    else:
+        h = x
+    tokens = None
+    for block in stage.blocks:
+        h, tokens = block(h, tokens)
+    assert out.shape == (N, L, 12)
+    assert torch.allclose(out, tokens, **TOL64)
+
+
+def test_stage_grad_checkpointing_same_output():
+    stage = prepared(VTStage(6, C, 3, token_chs=12, num_tokens=L, qk_dim=QK, num_heads=2))
+    x = torch.randn(N, 6, 3, 5, dtype=torch.float64)
+    expected = stage(x)
+    stage.grad_checkpointing = True
+    assert torch.allclose(stage(x), expected, **TOL64)
+
+
+def test_stage_drop_path_rates_reach_drop_path_modules():
+    rates = [0., 0.1, 0.2]
+    stage = VTStage(6, C, 3, token_chs=12, num_tokens=L, qk_dim=QK, drop_path_rates=rates)
+    for rate, block in zip(rates, stage.blocks):
+        branches = [block.transformer.drop_path1, block.transformer.drop_path2]
+        if block.projector is not None:
+            branches.append(block.projector.drop_path)
+        for dp in branches:
+            if rate == 0.:
+                assert isinstance(dp, nn.Identity)
+            else:
+                assert isinstance(dp, DropPath) and dp.drop_prob == pytest.approx(rate)
+
+
+@pytest.mark.parametrize('token_chs', [C, 12])
+def test_drop_path_drops_whole_branches_in_train_only(token_chs):
+    """drop_path=1 drops every branch in training; in eval the module is the drop-free equation."""
+    tr = prepared(TokenTransformer(token_chs, qk_dim=QK, drop_path=1.))
+    pr = prepared(Projector(C, token_chs, qk_dim=QK, drop_path=1.))
+    x, t = rand_map(3, 5), rand_tokens(token_chs)
+    assert torch.allclose(tr(t), ref_transformer(tr, t), **TOL64)
+    assert torch.allclose(pr(x, t), ref_projector(pr, x, t), **TOL64)
+    tr.train()
+    pr.train()
+    assert torch.equal(tr(t), t)
+    assert torch.equal(pr(x, t), x)
+
+
+def test_drop_path_partial_rate_drops_some_samples():
+    pr = randomize_bn_(Projector(C, 12, qk_dim=QK, drop_path=0.5).double()).train()
+    x, t = torch.randn(32, C, 3, 5, dtype=torch.float64), torch.randn(32, L, 12, dtype=torch.float64)
+
+    def dropped_samples() -> torch.Tensor:
+        torch.manual_seed(1)
+        return (pr(x, t) == x).flatten(1).all(dim=1)
+
+    dropped = dropped_samples()
+    assert 0 < dropped.sum() < 32  # some samples' branch is zeroed, the others are kept
+    assert torch.equal(dropped_samples(), dropped)  # same seed -> same mask
+
+
+# --------------------------------------------------------------------------------------------
+# 7. gradients
+# --------------------------------------------------------------------------------------------
+
+def test_every_stage_parameter_gets_gradient():
+    stage = VTStage(6, C, 3, token_chs=12, num_tokens=L, qk_dim=QK, num_heads=2).double().train()
+    x = torch.randn(N, 6, 5, 5, dtype=torch.float64)
+    tokens = stage(x)
+    # a random linear read-out: a plain sum would cancel through the closing train-mode BN
+    loss = (tokens * torch.randn_like(tokens)).sum()
+    loss.backward()
+    missing = [name for name, p in stage.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f'parameters without gradient: {missing}'

@@ -1,0 +1,138 @@
+"""MACs and parameters of VT-ResNets and ResNets next to the paper's Tables 1, 2 and 8.
+
+MACs are multiply-adds counted the way the paper (and fvcore) does: convolutions, linear layers and
+matmul/bmm/attention, nothing else. ``torch.utils.flop_counter`` counts 2 FLOPs per MAC, so its
+total is halved; it gives 1814.1 MMACs for timm's ResNet-18 at 224 px, the paper's 1.814 G.
+
+    python -m vt_timm.profile [--img-size 224] [--markdown]
+"""
+import argparse
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import vt_timm  # noqa: F401  registers the models
+
+DEPTHS = (18, 34, 50, 101)
+
+# (MMACs, M params) per table; Table 2 has no R50/R101 rows
+PAPER_TABLE2: Dict[str, Tuple[float, float]] = {
+    'resnet18': (1814, 11.7), 'vt_resnet18': (1579, 11.6),
+    'resnet34': (3664, 21.8), 'vt_resnet34': (3299, 21.8),
+}
+PAPER_TABLE8: Dict[str, Tuple[float, float]] = {
+    'resnet18': (1814, 11.7), 'vt_resnet18': (1569, 11.7),
+    'resnet34': (3664, 21.8), 'vt_resnet34': (3236, 19.2),
+    'resnet50': (4089, 25.5), 'vt_resnet50': (3412, 21.4),
+    'resnet101': (7802, 44.4), 'vt_resnet101': (7129, 41.5),
+}
+# Table 1, ResNet / VT-ResNet: (total MACs, stage-5 MACs, total params)
+PAPER_TABLE1: Dict[int, Tuple[float, float, float]] = {
+    18: (1.14, 2.4, 0.91), 34: (1.16, 5.0, 1.21), 50: (1.20, 6.1, 1.19), 101: (1.09, 6.9, 1.19),
+}
+# the module that is stage 5: ResNet's layer4, VT-ResNet's VT stage (incl. its 1x1 lift)
+STAGE5 = {'ResNet': 'layer4', 'VTResNet': 'vt'}
+
+
+@dataclass
+class Profile:
+    name: str
+    macs: float  # multiply-adds
+    params: int
+    stage5_macs: float
+
+
+def count_macs(model: nn.Module, img_size: int = 224) -> Tuple[float, Dict[str, float]]:
+    """Multiply-adds of one image through ``model``: (total, per-module totals)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, model.in_chans, img_size, img_size, device='meta'))
+    per_module = {name: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()}
+    return counter.get_total_flops() / 2, per_module
+
+
+def profile_model(name: str, img_size: int = 224, **kwargs) -> Profile:
+    """MACs (total and stage 5) and parameters of a timm model at ``img_size``."""
+    model = timm.create_model(name, device='meta', **kwargs).eval()
+    macs, per_module = count_macs(model, img_size)
+    cls_name = type(model).__name__
+    return Profile(
+        name=name,
+        macs=macs,
+        params=sum(p.numel() for p in model.parameters()),
+        stage5_macs=per_module.get(f'{cls_name}.{STAGE5.get(cls_name, "")}', 0.),
+    )
+
+
+def deviation(value: float, reference: Optional[float]) -> str:
+    return f'{100 * (value / reference - 1):+.1f}%' if reference else '-'
+
+
+def _paper(table: Dict[str, Tuple[float, float]], name: str, idx: int) -> str:
+    return f'{table[name][idx]:g}' if name in table else '-'
+
+
+def _dev(table: Dict[str, Tuple[float, float]], name: str, idx: int, value: float) -> str:
+    return deviation(value, table[name][idx]) if name in table else '-'
+
+
+def model_table(profiles: Sequence[Profile]) -> List[List[str]]:
+    rows = [['model', 'MMACs', 'T2', 'dev', 'T8', 'dev', 'M params', 'T2', 'dev', 'T8', 'dev']]
+    for p in profiles:
+        mmacs, mparams = p.macs / 1e6, p.params / 1e6
+        rows.append([
+            p.name, f'{mmacs:.1f}',
+            _paper(PAPER_TABLE2, p.name, 0), _dev(PAPER_TABLE2, p.name, 0, mmacs),
+            _paper(PAPER_TABLE8, p.name, 0), _dev(PAPER_TABLE8, p.name, 0, mmacs),
+            f'{mparams:.2f}',
+            _paper(PAPER_TABLE2, p.name, 1), _dev(PAPER_TABLE2, p.name, 1, mparams),
+            _paper(PAPER_TABLE8, p.name, 1), _dev(PAPER_TABLE8, p.name, 1, mparams),
+        ])
+    return rows
+
+
+def ratio_table(profiles: Dict[str, Profile]) -> List[List[str]]:
+    rows = [['depth', 'MACs ratio', 'paper', 'stage-5 MACs ratio', 'paper', 'params ratio', 'paper']]
+    for depth in DEPTHS:
+        resnet, vt = profiles.get(f'resnet{depth}'), profiles.get(f'vt_resnet{depth}')
+        if resnet is None or vt is None:
+            continue
+        paper = PAPER_TABLE1[depth]
+        rows.append([
+            str(depth),
+            f'{resnet.macs / vt.macs:.2f}x', f'{paper[0]:.2f}x',
+            f'{resnet.stage5_macs / vt.stage5_macs:.2f}x', f'{paper[1]:.1f}x',
+            f'{resnet.params / vt.params:.2f}x', f'{paper[2]:.2f}x',
+        ])
+    return rows
+
+
+def format_table(rows: List[List[str]], markdown: bool = False) -> str:
+    if markdown:
+        lines = ['| ' + ' | '.join(r) + ' |' for r in rows]
+        lines.insert(1, '|' + '---|' * len(rows[0]))
+        return '\n'.join(lines)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return '\n'.join('  '.join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--img-size', type=int, default=224, help='square input resolution')
+    parser.add_argument('--markdown', action='store_true', help='print markdown tables')
+    args = parser.parse_args(argv)
+
+    names = [f'{prefix}resnet{d}' for d in DEPTHS for prefix in ('', 'vt_')]
+    profiles = {name: profile_model(name, args.img_size) for name in names}
+    print(f'MACs (multiply-adds) and parameters at {args.img_size}x{args.img_size}, 1000 classes; '
+          f'T2/T8 = the paper\'s Tables 2 and 8, dev = our deviation from them\n')
+    print(format_table(model_table(list(profiles.values())), args.markdown))
+    print('\nResNet / VT-ResNet ratios next to the paper\'s Table 1 (stage 5 = ResNet layer4 vs the VT stage)\n')
+    print(format_table(ratio_table(profiles), args.markdown))
+
+
+if __name__ == '__main__':
+    main()
