@@ -16,6 +16,7 @@ from timm.layers import ConvNormAct, DropPath
 
 from vt_timm.layers import (
     FilterTokenizer, Projector, RecurrentTokenizer, TokenLinear, TokenTransformer, VTBlock, VTStage,
+    init_vt_weights,
     token_attention,
 )
 
@@ -130,9 +131,9 @@ def ref_value_map(t: torch.Tensor, tokenizer: nn.Module) -> torch.Tensor:
 
 
 def ref_filter_tokenizer(tok: FilterTokenizer, x: torch.Tensor) -> torch.Tensor:
-    """``T = SOFTMAX_HW(X W_A / sqrt(C))^T X`` then the C -> C_T value map."""
+    """``T = SOFTMAX_HW(X W_A)^T X`` (v4, unscaled) then the C -> C_T value map."""
     w_a = tok.attn.weight[:, :, 0, 0].T  # (C, L)
-    logits = torch.einsum('npc,cl->npl', pixels(x), w_a) / x.shape[1] ** 0.5
+    logits = torch.einsum('npc,cl->npl', pixels(x), w_a)
     return ref_value_map(ref_spatial_tokens(x, logits), tok)
 
 
@@ -226,10 +227,10 @@ def test_filter_tokenizer_same_width(hw):
     out = tok(x)
     assert out.shape == (N, L, C)
     assert torch.allclose(out, ref_filter_tokenizer(tok, x), **TOL64)
-    # the 1/sqrt(C) scaling is part of the equation: without it the result differs
+    # the filter tokenizer is unscaled (v4): a 1/sqrt(C) factor would change the result
     w_a = tok.attn.weight[:, :, 0, 0].T
-    unscaled = ref_spatial_tokens(x, torch.einsum('npc,cl->npl', pixels(x), w_a))
-    assert not torch.allclose(out, unscaled, rtol=1e-4, atol=1e-4)
+    scaled = ref_spatial_tokens(x, torch.einsum('npc,cl->npl', pixels(x), w_a) / C ** 0.5)
+    assert not torch.allclose(out, scaled, rtol=1e-4, atol=1e-4)
     # each token is a convex combination of pixel vectors
     pmin, pmax = pixels(x).amin(dim=1, keepdim=True), pixels(x).amax(dim=1, keepdim=True)
     assert ((out >= pmin - 1e-12) & (out <= pmax + 1e-12)).all()
@@ -251,7 +252,7 @@ def test_filter_tokenizer_spatial_logits(hw):
     x = rand_map(*hw)
     logits = tok.spatial_logits(x)
     assert logits.shape == (N, L, hw[0] * hw[1])
-    expected = torch.einsum('npc,lc->nlp', pixels(x), tok.attn.weight[:, :, 0, 0]) / C ** 0.5
+    expected = torch.einsum('npc,lc->nlp', pixels(x), tok.attn.weight[:, :, 0, 0])
     assert torch.allclose(logits, expected, **TOL64)
     assert torch.allclose(tok.spatial_logits(x, rand_tokens(12)), logits)  # tokens are unused
     a = ref_softmax(logits, dim=-1)
@@ -477,3 +478,13 @@ def test_every_stage_parameter_gets_gradient():
     loss.backward()
     missing = [name for name, p in stage.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f'parameters without gradient: {missing}'
+
+
+def test_init_vt_weights_scales():
+    """W_A gets fan-in scale (unit-scale spatial logits); every other VT map std .02."""
+    stage = VTStage(64, 96, depth=2, token_chs=128, num_tokens=L)
+    init_vt_weights(stage)
+    w_a = stage.blocks[0].tokenizer.attn.weight
+    assert w_a.std().item() == pytest.approx(96 ** -0.5, rel=0.15)
+    k = stage.blocks[1].transformer.key.weight
+    assert k.std().item() == pytest.approx(.02, rel=0.15)

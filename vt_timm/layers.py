@@ -7,7 +7,7 @@ A VT module turns a feature map X (N, C, H, W) into L visual tokens T (N, L, C_T
 tokens with a transformer and fuses them back into the map (v4 equations; the scalings, norms and
 C <-> C_T maps added to them are the choices listed in docs/architecture.md):
 
-    tokenizer    T = SOFTMAX_HW(X W_A / sqrt(C))^T X W_V               (filter-based, first module)
+    tokenizer    T = SOFTMAX_HW(X W_A)^T X W_V                         (filter-based, first module)
                  T = SOFTMAX_HW(X (T_in W_T->R)^T / sqrt(C))^T X W_V   (recurrent, later modules)
     transformer  T' = T + SOFTMAX_L((T K)(T Q)^T / sqrt(d)) T;  T_out = T' + BN(ReLU(BN(T' F1)) F2)
     projector    X_out = X + BN(SOFTMAX_L((X W_Q)(T W_K)^T / sqrt(d)) T W_V)
@@ -20,12 +20,12 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ConvNormAct, DropPath, use_fused_attn
+from timm.layers import ConvNormAct, DropPath, trunc_normal_, use_fused_attn
 from timm.models import checkpoint
 
 __all__ = [
     'token_attention', 'TokenLinear', 'FilterTokenizer', 'RecurrentTokenizer', 'TokenTransformer',
-    'Projector', 'VTBlock', 'VTStage',
+    'Projector', 'VTBlock', 'VTStage', 'init_vt_weights',
 ]
 
 
@@ -61,6 +61,13 @@ def token_attention(
     return out.transpose(1, 2).reshape(N, M, Dv)
 
 
+def _check_num_heads(num_heads: int, **widths: int) -> None:
+    """Heads split every attention width evenly."""
+    uneven = {name: width for name, width in widths.items() if width % num_heads}
+    if num_heads < 1 or uneven:
+        raise ValueError(f'num_heads={num_heads} must be >= 1 and divide {widths}')
+
+
 class TokenLinear(nn.Module):
     """Token-wise linear map followed by BatchNorm over the channel axis of (N, L, C) tokens."""
 
@@ -83,8 +90,9 @@ def _spatial_softmax_gather(logits: torch.Tensor, x: torch.Tensor) -> torch.Tens
 class FilterTokenizer(nn.Module):
     """Filter-based tokenizer: a 1x1 conv W_A gives one spatial attention per token.
 
-    ``T = SOFTMAX_HW(X W_A / sqrt(C))^T X W_V``; the token-wise W_V (C -> C_T, no norm) exists only
-    where the widths differ.
+    ``T = SOFTMAX_HW(X W_A)^T X W_V``; the token-wise W_V (C -> C_T, no norm) exists only where the
+    widths differ. ``init_vt_weights`` gives W_A fan-in scale, so the spatial logits start at unit
+    scale and the L tokens differ from the first step.
     """
 
     def __init__(
@@ -97,13 +105,12 @@ class FilterTokenizer(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.scale = in_chs ** -0.5
         self.attn = nn.Conv2d(in_chs, num_tokens, 1, bias=False, **dd)  # W_A
         self.value = nn.Linear(in_chs, token_chs, bias=False, **dd) if in_chs != token_chs else nn.Identity()
 
     def spatial_logits(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Pre-softmax spatial attention (N, L, HW); ``tokens`` is unused (fixed filters)."""
-        return self.attn(x).flatten(2) * self.scale
+        return self.attn(x).flatten(2)
 
     def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.value(_spatial_softmax_gather(self.spatial_logits(x, tokens), x))
@@ -156,8 +163,7 @@ class TokenTransformer(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if qk_dim % num_heads or dim % num_heads:
-            raise ValueError(f'num_heads={num_heads} must divide qk_dim={qk_dim} and dim={dim}')
+        _check_num_heads(num_heads, qk_dim=qk_dim, dim=dim)
         self.num_heads = num_heads
         self.fused_attn = use_fused_attn()
         self.key = nn.Linear(dim, qk_dim, bias=False, **dd)  # K
@@ -198,8 +204,7 @@ class Projector(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if qk_dim % num_heads or in_chs % num_heads:
-            raise ValueError(f'num_heads={num_heads} must divide qk_dim={qk_dim} and in_chs={in_chs}')
+        _check_num_heads(num_heads, qk_dim=qk_dim, in_chs=in_chs)
         self.num_heads = num_heads
         self.fused_attn = use_fused_attn()
         self.query = nn.Conv2d(in_chs, qk_dim, 1, bias=False, **dd)  # W_Q, on pixels
@@ -310,3 +315,21 @@ class VTStage(nn.Module):
                 x, tokens = block(x, tokens)
         assert tokens is not None
         return tokens
+
+
+def init_vt_weights(module: nn.Module) -> None:
+    """Initialise every VT map in ``module``: truncated normal (std .02, as timm's ViT), except the
+    filter tokenizers' W_A, which gets fan-in scale (std 1/sqrt(C)).
+
+    With W_A at std .02 the spatial logits X W_A would be ~100x below unit scale: every token's
+    softmax over the pixels would be uniform, all L tokens the map's mean, and the recurrent
+    tokenizers fed by them collapsed too.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, FilterTokenizer):
+            nn.init.normal_(m.attn.weight, std=m.attn.in_channels ** -0.5)

@@ -15,13 +15,13 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Type, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import _assert, get_device_dtype, trunc_normal_
+from timm.layers import _assert, get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models.resnet import BasicBlock, Bottleneck, make_blocks
 
-from .layers import VTStage
+from .layers import VTStage, init_vt_weights
 
 __all__ = ['VTResNet']
 
@@ -133,15 +133,13 @@ class VTResNet(nn.Module):
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = True) -> None:
-        """Kaiming init for the ResNet convs, truncated-normal (std .02) for the VT maps."""
+        """Kaiming init for the ResNet convs (as timm's ResNet), ``init_vt_weights`` for the VT stage
+        and the classifier."""
         for name, module in self.named_modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                if name.startswith('vt.') or name == 'fc':
-                    trunc_normal_(module.weight, std=.02)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
-                else:
-                    nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+            if isinstance(module, nn.Conv2d) and not name.startswith('vt.'):
+                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+        init_vt_weights(self.vt)
+        init_vt_weights(self.fc)
         if zero_init_last:
             for module in self.modules():
                 if hasattr(module, 'zero_init_last'):
