@@ -18,7 +18,7 @@ def test_vt_resnet18_beats_chance_on_fashion_mnist(trained):
 
 def test_training_loss_falls(trained):
     _, result = trained
-    assert result.last_loss < 0.6 * result.first_loss, (result.first_loss, result.last_loss)
+    assert result.last_loss < 0.75 * result.first_loss, (result.first_loss, result.last_loss)
 
 
 def test_every_parameter_trained(trained):

@@ -66,14 +66,18 @@ def train_fashion_mnist(
         img_size: int = 64,
         steps: int = 300,
         batch_size: int = 64,
-        lr: float = 0.05,
+        lr: Optional[float] = None,
         train_per_class: int = 1000,
         test_per_class: int = 100,
         seed: int = 0,
         log_every: int = 0,
         **model_kwargs,
 ) -> Tuple[torch.nn.Module, QuickstartResult]:
-    """Train ``model_name`` from scratch on a Fashion-MNIST subset; return it and its scores."""
+    """Train ``model_name`` from scratch on a Fashion-MNIST subset; return it and its scores.
+
+    ``lr`` defaults to the paper's default recipe, 0.1 per 256 images, scaled linearly to the batch.
+    """
+    lr = lr if lr is not None else 0.1 * batch_size / 256
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     train_x, train_y = load_fashion_mnist(data_root, train=True)
@@ -123,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--img-size', type=int, default=64, help='images are resized to this square size')
     parser.add_argument('--steps', type=int, default=300)
     parser.add_argument('-b', '--batch-size', type=int, default=64)
-    parser.add_argument('--lr', type=float, default=0.05)
+    parser.add_argument('--lr', type=float, default=None, help='default: 0.1 x batch size / 256 (the paper\'s)')
     parser.add_argument('--train-per-class', type=int, default=1000)
     parser.add_argument('--test-per-class', type=int, default=100)
     parser.add_argument('--seed', type=int, default=0)
