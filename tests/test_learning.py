@@ -7,7 +7,7 @@ from vt_timm.quickstart import train_fashion_mnist
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     return train_fashion_mnist(
-        'vt_resnet18', data_root=str(tmp_path_factory.mktemp('data')), img_size=64, steps=150, batch_size=32,
+        'vt_resnet18', data_root=str(tmp_path_factory.mktemp('data')), img_size=64, steps=200, batch_size=32,
         train_per_class=500, test_per_class=50, seed=0)
 
 
