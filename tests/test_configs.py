@@ -1,0 +1,87 @@
+"""The paper's recipes as config files: their values and the schedules timm builds from them."""
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from timm.optim import create_optimizer_v2, optimizer_kwargs
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+
+CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+MODELS = ('vt_resnet18', 'vt_resnet34', 'vt_resnet50', 'vt_resnet101')
+PROCESSES = 8  # the paper trains on 8 GPUs; the configs' batch_size is per process
+
+# dest names of the timm train.py flags a recipe may set (the project spec lists them)
+TRAIN_DESTS = {
+    'data_dir', 'dataset', 'train_split', 'val_split', 'num_classes', 'img_size', 'input_size', 'model',
+    'pretrained', 'initial_checkpoint', 'resume', 'no_resume_opt', 'batch_size', 'validation_batch_size',
+    'grad_accum_steps', 'opt', 'opt_eps', 'opt_betas', 'momentum', 'weight_decay', 'clip_grad', 'lr', 'lr_base',
+    'sched', 'epochs', 'decay_epochs', 'decay_rate', 'warmup_lr', 'warmup_epochs', 'warmup_prefix',
+    'sched_on_updates', 'min_lr', 'smoothing', 'aa', 'reprob', 'mixup', 'cutmix', 'drop', 'drop_path',
+    'model_ema', 'model_ema_decay', 'sync_bn', 'dist_bn', 'amp', 'amp_dtype', 'channels_last', 'torchcompile',
+    'output', 'experiment', 'checkpoint_hist', 'log_interval', 'seed', 'kd_model_name', 'kd_distill_type',
+    'distill_loss_weight', 'task_loss_weight', 'kd_temperature', 'model_kwargs', 'device',
+}
+
+
+def load(name: str) -> SimpleNamespace:
+    with open(CONFIGS / f'{name}.yaml') as f:
+        return SimpleNamespace(**yaml.safe_load(f))
+
+
+def lr_per_epoch(cfg: SimpleNamespace) -> list:
+    """The learning rate timm's optimizer/scheduler factories give each epoch of the run ``cfg``."""
+    optimizer = create_optimizer_v2(torch.nn.Linear(2, 2), **optimizer_kwargs(cfg))
+    scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(cfg))
+    lrs = []
+    for epoch in range(num_epochs):
+        scheduler.step(epoch)
+        lrs.append(optimizer.param_groups[0]['lr'])
+    return lrs
+
+
+@pytest.mark.parametrize('model', MODELS)
+def test_advanced_schedule_warms_up_then_decays(model):
+    """0.01 at epoch 0, linear warm-up to 0.16 at epoch 5, then x0.9875 per epoch."""
+    lrs = lr_per_epoch(load(f'{model}_advanced'))
+    assert len(lrs) == 400
+    assert lrs[0] == pytest.approx(0.01)
+    for epoch in range(6):
+        assert lrs[epoch] == pytest.approx(0.01 + epoch * (0.16 - 0.01) / 5)
+    for epoch in range(5, 400):
+        assert lrs[epoch] == pytest.approx(0.16 * 0.9875 ** (epoch - 5), rel=1e-9)
+
+
+@pytest.mark.parametrize('model', MODELS)
+def test_default_schedule_steps_every_30_epochs(model):
+    lrs = lr_per_epoch(load(f'{model}_default'))
+    assert lrs == pytest.approx([0.1] * 30 + [0.01] * 30 + [0.001] * 30)
+
+
+@pytest.mark.parametrize('model', MODELS)
+def test_default_recipe_values(model):
+    cfg = load(f'{model}_default')
+    assert cfg.model == model
+    assert (cfg.opt, cfg.momentum, cfg.weight_decay) == ('sgd', 0.9, 4e-5)  # timm's sgd is Nesterov
+    assert cfg.batch_size * PROCESSES == 256 and cfg.epochs == 90
+    assert cfg.smoothing == 0.0
+
+
+@pytest.mark.parametrize('model', MODELS)
+def test_advanced_recipe_values(model):
+    cfg = load(f'{model}_advanced')
+    assert cfg.model == model
+    assert cfg.opt == 'rmsproptf' and cfg.batch_size * PROCESSES == 2048
+    assert cfg.warmup_prefix and cfg.warmup_epochs + cfg.epochs == 400
+    assert cfg.sync_bn and cfg.smoothing > 0 and cfg.aa
+    assert (cfg.drop_path, cfg.drop) == (0.1, 0.2)
+    assert cfg.model_ema and cfg.model_ema_decay == 0.99985
+    assert (cfg.kd_model_name, cfg.distill_loss_weight, cfg.task_loss_weight) == ('fbnetv3_g', 0.8, 0.2)
+
+
+@pytest.mark.parametrize('path', sorted(CONFIGS.glob('*.yaml')), ids=lambda p: p.stem)
+def test_config_keys_are_train_flags(path):
+    with open(path) as f:
+        keys = set(yaml.safe_load(f))
+    assert keys <= TRAIN_DESTS, f'{path.name}: not train.py flags: {sorted(keys - TRAIN_DESTS)}'
