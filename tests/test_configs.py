@@ -8,21 +8,13 @@ import yaml
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
+from train import create_parser
+
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
 MODELS = ('vt_resnet18', 'vt_resnet34', 'vt_resnet50', 'vt_resnet101')
 PROCESSES = 8  # the paper trains on 8 GPUs; the configs' batch_size is per process
 
-# dest names of the timm train.py flags a recipe may set (the project spec lists them)
-TRAIN_DESTS = {
-    'data_dir', 'dataset', 'train_split', 'val_split', 'num_classes', 'img_size', 'input_size', 'model',
-    'pretrained', 'initial_checkpoint', 'resume', 'no_resume_opt', 'batch_size', 'validation_batch_size',
-    'grad_accum_steps', 'opt', 'opt_eps', 'opt_betas', 'momentum', 'weight_decay', 'clip_grad', 'lr', 'lr_base',
-    'sched', 'epochs', 'decay_epochs', 'decay_rate', 'warmup_lr', 'warmup_epochs', 'warmup_prefix',
-    'sched_on_updates', 'min_lr', 'smoothing', 'aa', 'reprob', 'mixup', 'cutmix', 'drop', 'drop_path',
-    'model_ema', 'model_ema_decay', 'sync_bn', 'dist_bn', 'amp', 'amp_dtype', 'channels_last', 'torchcompile',
-    'output', 'experiment', 'checkpoint_hist', 'log_interval', 'seed', 'kd_model_name', 'kd_distill_type',
-    'distill_loss_weight', 'task_loss_weight', 'kd_temperature', 'model_kwargs', 'device',
-}
+TRAIN_DESTS = {action.dest for action in create_parser()._actions}
 
 
 def load(name: str) -> SimpleNamespace:

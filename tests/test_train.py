@@ -1,0 +1,103 @@
+"""train.py and validate.py end to end on real Fashion-MNIST images, and their errors on bad input."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train
+import validate
+
+QUICKSTART = str(Path(__file__).resolve().parents[1] / 'configs' / 'quickstart_fashion_mnist.yaml')
+# the quickstart recipe, shrunk to about a minute on 2 CPU cores
+SMALL_RUN = ['--train-num-samples', '3000', '--val-num-samples', '500', '--epochs', '2', '--log-interval', '10']
+# validate.py flags that reproduce the quickstart recipe's evaluation
+VALIDATE_QUICKSTART = [
+    '--model', 'vt_resnet18', '--dataset', 'torch/fashion_mnist', '--num-classes', '10', '--in-chans', '1',
+    '--img-size', '64', '--mean', '0.2860', '--std', '0.3530', '--crop-pct', '1.0', '-j', '2',
+    '--num-samples', '500',
+]
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('data'))
+
+
+@pytest.fixture(scope='module')
+def quickstart_run(data_dir, tmp_path_factory):
+    output = tmp_path_factory.mktemp('runs')
+    metrics = train.main(['-c', QUICKSTART, '--data-dir', data_dir, '--output', str(output),
+                          '--experiment', 'run', *SMALL_RUN])
+    return output / 'run', metrics
+
+
+def test_quickstart_recipe_learns(quickstart_run):
+    _, metrics = quickstart_run
+    assert metrics['top1'] >= 35., f'{metrics["top1"]:.1f}% top-1 on 500 held-out images (chance 10%)'
+
+
+def test_run_writes_summary_and_checkpoints(quickstart_run):
+    run_dir, metrics = quickstart_run
+    rows = (run_dir / 'summary.csv').read_text().strip().splitlines()
+    assert rows[0].split(',')[:5] == ['epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5']
+    assert len(rows) == 3 and float(rows[-1].split(',')[3]) == pytest.approx(metrics['top1'])
+    for name in ('last.pth.tar', 'model_best.pth.tar', 'args.yaml'):
+        assert (run_dir / name).is_file()
+    checkpoint = torch.load(run_dir / 'last.pth.tar', weights_only=True, map_location='cpu')
+    assert checkpoint['epoch'] == 1 and 'optimizer' in checkpoint and 'state_dict' in checkpoint
+
+
+def test_args_yaml_feeds_back(quickstart_run):
+    run_dir, _ = quickstart_run
+    saved = yaml.safe_load((run_dir / 'args.yaml').read_text())
+    args, _ = train.parse_args(['-c', str(run_dir / 'args.yaml')])
+    assert vars(args) == saved
+
+
+def test_validate_reproduces_logged_accuracy(quickstart_run, data_dir, tmp_path):
+    run_dir, metrics = quickstart_run
+    results_file = tmp_path / 'results.json'
+    results = validate.main([*VALIDATE_QUICKSTART, '--data-dir', data_dir,
+                             '--checkpoint', str(run_dir / 'last.pth.tar'),
+                             '--results-file', str(results_file), '--results-format', 'json'])
+    assert results['top1'] == pytest.approx(metrics['top1'], abs=1e-3)
+    assert results['loss'] == pytest.approx(metrics['loss'], rel=1e-4)
+    assert json.loads(results_file.read_text())['top1'] == results['top1']
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--data-dir', '{missing}/imagenet'], 'no such directory'),
+    (['--model', 'no_such_model'], 'unknown model'),
+    (['--resume', '{missing}/last.pth.tar'], 'no such file'),
+    (['--mixup', '0.2'], 'not supported'),
+])
+def test_train_bad_input(argv, message, tmp_path):
+    missing = tmp_path / 'missing'
+    with pytest.raises(SystemExit, match=message):
+        train.main([a.format(missing=missing) for a in argv])
+    assert not missing.exists()
+
+
+def test_train_config_with_unknown_key(tmp_path, capsys):
+    config = tmp_path / 'bad.yaml'
+    config.write_text('model: vt_resnet18\nbatch_szie: 32\n')
+    with pytest.raises(SystemExit):
+        train.main(['-c', str(config)])
+    assert 'batch_szie' in capsys.readouterr().err
+
+
+def test_validate_corrupt_checkpoint_is_clear_and_left_alone(tmp_path, data_dir):
+    corrupt = tmp_path / 'corrupt.pth.tar'
+    corrupt.write_bytes(b'not a checkpoint')
+    with pytest.raises(SystemExit, match='corrupt.pth.tar'):
+        validate.main([*VALIDATE_QUICKSTART, '--data-dir', data_dir, '--checkpoint', str(corrupt)])
+    assert corrupt.read_bytes() == b'not a checkpoint'
+
+
+def test_validate_mismatched_num_classes(quickstart_run, data_dir):
+    run_dir, _ = quickstart_run
+    argv = [a if a != '10' else '7' for a in VALIDATE_QUICKSTART]
+    with pytest.raises(SystemExit, match='num_classes=7'):
+        validate.main([*argv, '--data-dir', data_dir, '--checkpoint', str(run_dir / 'last.pth.tar')])
