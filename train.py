@@ -195,6 +195,7 @@ def create_loaders(args: argparse.Namespace, data_config: Dict, device: torch.de
         input_size=data_config['input_size'], mean=data_config['mean'], std=data_config['std'],
         interpolation=data_config['interpolation'], num_workers=args.workers, distributed=args.distributed,
         use_prefetcher=device.type == 'cuda', device=device, pin_memory=device.type == 'cuda',
+        persistent_workers=False,  # fresh workers each epoch, seeded from that epoch's seed (see main)
     )
     train_set = create_dataset(
         args.dataset, args.data_dir, args.train_split, is_training=True, num_samples=args.train_num_samples,
@@ -323,7 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     if args.resume:
         start_epoch = resume_task_checkpoint(
             task, args.resume, optimizer=None if args.no_resume_opt else optimizer,
-            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=is_primary(args))
+            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=is_primary(args)) or 0
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, device=device)
         if args.resume:
@@ -356,6 +357,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     eval_metrics: Dict[str, float] = {}
     num_updates = start_epoch * updates_per_epoch
     for epoch in range(start_epoch, num_epochs):
+        # data order, augmentation, dropout and drop-path of an epoch depend on (seed, epoch, rank)
+        # only, so a run resumed from the previous epoch's checkpoint replays this epoch exactly
+        random_seed(args.seed + epoch, args.rank)
         if args.distributed and hasattr(train_loader.sampler, 'set_epoch'):
             train_loader.sampler.set_epoch(epoch)
         train_metrics, num_updates = train_one_epoch(

@@ -1,5 +1,8 @@
 """train.py and validate.py end to end on real Fashion-MNIST images, and their errors on bad input."""
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,8 @@ import yaml
 import train
 import validate
 
-QUICKSTART = str(Path(__file__).resolve().parents[1] / 'configs' / 'quickstart_fashion_mnist.yaml')
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / 'configs' / 'quickstart_fashion_mnist.yaml')
 # the quickstart recipe, shrunk to about a minute on 2 CPU cores
 SMALL_RUN = ['--train-num-samples', '3000', '--val-num-samples', '500', '--epochs', '2', '--log-interval', '10']
 # validate.py flags that reproduce the quickstart recipe's evaluation
@@ -101,3 +105,37 @@ def test_validate_mismatched_num_classes(quickstart_run, data_dir):
     argv = [a if a != '10' else '7' for a in VALIDATE_QUICKSTART]
     with pytest.raises(SystemExit, match='num_classes=7'):
         validate.main([*argv, '--data-dir', data_dir, '--checkpoint', str(run_dir / 'last.pth.tar')])
+
+
+def _train_command(data_dir: str, output: Path, experiment: str, *extra: str):
+    return [sys.executable, '-u', str(ROOT / 'train.py'), '-c', QUICKSTART, '--data-dir', data_dir,
+            '--output', str(output), '--experiment', experiment, '--train-num-samples', '640',
+            '--val-num-samples', '200', '--epochs', '2', '-b', '32', '--log-interval', '2', *extra]
+
+
+def _final_state(run_dir: Path):
+    return torch.load(run_dir / 'last.pth.tar', weights_only=True, map_location='cpu')['state_dict']
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(data_dir, tmp_path):
+    """Kill -9 in the middle of epoch 1, resume from the epoch-0 checkpoint: same weights and metrics."""
+    subprocess.run(_train_command(data_dir, tmp_path, 'straight'), check=True, capture_output=True)
+
+    killed = subprocess.Popen(_train_command(data_dir, tmp_path, 'killed'), stderr=subprocess.PIPE, text=True)
+    for line in killed.stderr:
+        if line.startswith('epoch 1 [4/'):  # epoch 0 and its checkpoint done, epoch 1 under way
+            killed.send_signal(signal.SIGKILL)
+            break
+    killed.wait(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    run_dir = tmp_path / 'killed'
+    assert torch.load(run_dir / 'last.pth.tar', weights_only=True)['epoch'] == 0  # intact, not half-written
+
+    subprocess.run(_train_command(data_dir, tmp_path, 'killed', '--resume', str(run_dir / 'last.pth.tar')),
+                   check=True, capture_output=True)
+    straight, resumed = _final_state(tmp_path / 'straight'), _final_state(run_dir)
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.allclose(straight[name].float(), resumed[name].float(), rtol=1e-5, atol=1e-6), name
+    final_row = lambda d: (d / 'summary.csv').read_text().strip().splitlines()[-1]  # noqa: E731
+    assert final_row(tmp_path / 'straight').split(',')[:5] == final_row(run_dir).split(',')[:5]
