@@ -33,6 +33,7 @@ from timm.utils import (
 
 import vt_timm  # noqa: F401  registers the VT-ResNets
 from vt_timm.data import OFFLINE_SOURCES, create_dataset
+from vt_timm.plot import plot_summary
 
 _logger = logging.getLogger('train')
 
@@ -374,6 +375,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
             _logger.info(f'epoch {epoch} validation: ' + '  '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
             update_summary(epoch, train_metrics, eval_metrics, str(output_dir / 'summary.csv'),
                            lr=optimizer.param_groups[0]['lr'])
+            plot_summary(output_dir / 'summary.csv')
             saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
         scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
     return eval_metrics

@@ -11,6 +11,7 @@ import yaml
 
 import train
 import validate
+from vt_timm.plot import read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / 'configs' / 'quickstart_fashion_mnist.yaml')
@@ -49,6 +50,8 @@ def test_run_writes_summary_and_checkpoints(quickstart_run):
     assert len(rows) == 3 and float(rows[-1].split(',')[3]) == pytest.approx(metrics['top1'])
     for name in ('last.pth.tar', 'model_best.pth.tar', 'args.yaml'):
         assert (run_dir / name).is_file()
+    assert (run_dir / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert read_summary(run_dir / 'summary.csv')['eval_top1'][-1] == pytest.approx(metrics['top1'])
     checkpoint = torch.load(run_dir / 'last.pth.tar', weights_only=True, map_location='cpu')
     assert checkpoint['epoch'] == 1 and 'optimizer' in checkpoint and 'state_dict' in checkpoint
 
