@@ -1,5 +1,7 @@
 """train.py and validate.py end to end on real Fashion-MNIST images, and their errors on bad input."""
 import json
+import logging
+import re
 import signal
 import subprocess
 import sys
@@ -142,3 +144,24 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(data_dir, tmp_path)
         assert torch.allclose(straight[name].float(), resumed[name].float(), rtol=1e-5, atol=1e-6), name
     final_row = lambda d: (d / 'summary.csv').read_text().strip().splitlines()[-1]  # noqa: E731
     assert final_row(tmp_path / 'straight').split(',')[:5] == final_row(run_dir).split(',')[:5]
+
+
+def test_distillation_weights_losses_and_never_saves_the_teacher(data_dir, tmp_path, caplog):
+    """0.8 distill + 0.2 task: the logged epoch losses obey it; checkpoints hold the student only."""
+    import safetensors.torch
+    import timm
+
+    teacher_file = tmp_path / 'teacher.safetensors'
+    safetensors.torch.save_file(timm.create_model('resnet18', num_classes=10, in_chans=1).state_dict(), teacher_file)
+    caplog.set_level(logging.INFO, logger='train')
+    train.main(['-c', QUICKSTART, '--data-dir', data_dir, '--output', str(tmp_path), '--experiment', 'kd',
+                '--train-num-samples', '320', '--val-num-samples', '100', '--epochs', '1', '-b', '32',
+                '--kd-model-name', 'resnet18', '--kd-checkpoint', str(teacher_file),
+                '--distill-loss-weight', '0.8', '--task-loss-weight', '0.2'])
+    last_line = [r.getMessage() for r in caplog.records if r.getMessage().startswith('epoch 0 [10/10]')][0]
+    logged = dict(re.findall(r'(\w*loss) ([\d.]+)', last_line))
+    assert float(logged['loss']) == pytest.approx(
+        0.2 * float(logged['task_loss']) + 0.8 * float(logged['kd_loss']), abs=2e-4)
+    saved = torch.load(tmp_path / 'kd' / 'last.pth.tar', weights_only=True)['state_dict']
+    student = timm.create_model('vt_resnet18', num_classes=10, in_chans=1).state_dict()
+    assert set(saved) == set(student)
