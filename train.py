@@ -11,11 +11,10 @@ CPU (gloo) distributed training and a teacher loaded from a local checkpoint.
 """
 import argparse
 import logging
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -32,8 +31,9 @@ from timm.utils import (
 )
 
 import vt_timm  # noqa: F401  registers the VT-ResNets
-from vt_timm.data import OFFLINE_SOURCES, create_dataset
+from vt_timm.data import create_dataset
 from vt_timm.plot import plot_summary
+from vt_timm.script_args import check_inputs
 
 _logger = logging.getLogger('train')
 
@@ -164,14 +164,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f'--kd-distill-type {args.kd_distill_type!r}: only "logit" distillation is supported')
     if args.kd_checkpoint and not args.kd_model_name:
         raise SystemExit('--kd-checkpoint needs --kd-model-name (the teacher architecture)')
-    for flag, path in (('--resume', args.resume), ('--initial-checkpoint', args.initial_checkpoint),
-                       ('--kd-checkpoint', args.kd_checkpoint)):
-        if path and not os.path.isfile(path):
-            raise SystemExit(f'{flag} {path}: no such file')
-    if args.data_dir and not os.path.isdir(args.data_dir) and args.dataset.lower() not in OFFLINE_SOURCES:
-        raise SystemExit(f'--data-dir {args.data_dir}: no such directory')
-    if args.model not in timm.list_models() and not args.model.startswith(('hf-hub:', 'local-dir:')):
-        raise SystemExit(f'--model {args.model}: unknown model (see timm.list_models())')
+    check_inputs(args, ('resume', 'initial_checkpoint', 'kd_checkpoint'))
 
 
 def create_task(model: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> torch.nn.Module:

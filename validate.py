@@ -11,7 +11,6 @@ import argparse
 import csv
 import json
 import logging
-import os
 from typing import Dict, Optional, Sequence
 
 import timm
@@ -22,7 +21,8 @@ from timm.task import ClassificationEvaluator
 from timm.utils import ParseKwargs, setup_default_logging
 
 import vt_timm  # noqa: F401  registers the VT-ResNets
-from vt_timm.data import OFFLINE_SOURCES, create_dataset
+from vt_timm.data import create_dataset
+from vt_timm.script_args import check_inputs
 
 _logger = logging.getLogger('validate')
 
@@ -57,12 +57,7 @@ parser.add_argument('--results-format', default='csv', type=str, help='csv or js
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
-        raise SystemExit(f'--checkpoint {args.checkpoint}: no such file')
-    if args.data_dir and not os.path.isdir(args.data_dir) and args.dataset.lower() not in OFFLINE_SOURCES:
-        raise SystemExit(f'--data-dir {args.data_dir}: no such directory')
-    if args.model not in timm.list_models() and not args.model.startswith(('hf-hub:', 'local-dir:')):
-        raise SystemExit(f'--model {args.model}: unknown model (see timm.list_models())')
+    check_inputs(args, ('checkpoint',))
     if args.results_format not in ('csv', 'json'):
         raise SystemExit(f'--results-format {args.results_format}: expected csv or json')
 

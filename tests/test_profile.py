@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vt_timm.layers import Projector
-from vt_timm.profile import PAPER_TABLE2, PAPER_TABLE8, count_macs, main, profile_model
+from vt_timm.profile import PAPER_TABLE2, PAPER_TABLE8, main, profile_model
 
 DOCS = Path(__file__).resolve().parents[1] / 'docs' / 'profile.md'
 

@@ -6,3 +6,8 @@ from .layers import FilterTokenizer, Projector, RecurrentTokenizer, TokenTransfo
 from .vt_resnet import VTResNet
 
 __version__ = '0.1.0'
+
+__all__ = [
+    'FilterTokenizer', 'Projector', 'RecurrentTokenizer', 'TokenTransformer', 'VTBlock', 'VTStage', 'VTResNet',
+    '__version__',
+]
