@@ -51,6 +51,8 @@ def create_parser() -> argparse.ArgumentParser:
                             'empty for an ImageFolder/ImageTar under --data-dir')
     group.add_argument('--train-split', metavar='NAME', default='train')
     group.add_argument('--val-split', metavar='NAME', default='validation')
+    group.add_argument('--class-map', default='', type=str, metavar='FILE',
+                       help='class name per line (line number = class index) for folder datasets')
     group.add_argument('--train-num-samples', type=int, default=None, metavar='N',
                        help='train on a fixed random subset of N samples of the train split')
     group.add_argument('--val-num-samples', type=int, default=None, metavar='N',
@@ -164,7 +166,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f'--kd-distill-type {args.kd_distill_type!r}: only "logit" distillation is supported')
     if args.kd_checkpoint and not args.kd_model_name:
         raise SystemExit('--kd-checkpoint needs --kd-model-name (the teacher architecture)')
-    check_inputs(args, ('resume', 'initial_checkpoint', 'kd_checkpoint'))
+    check_inputs(args, ('resume', 'initial_checkpoint', 'kd_checkpoint', 'class_map'))
 
 
 def create_task(model: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
@@ -193,10 +195,10 @@ def create_loaders(args: argparse.Namespace, data_config: Dict, device: torch.de
     )
     train_set = create_dataset(
         args.dataset, args.data_dir, args.train_split, is_training=True, num_samples=args.train_num_samples,
-        seed=args.seed)
+        seed=args.seed, class_map=args.class_map)
     val_set = create_dataset(
         args.dataset, args.data_dir, args.val_split, is_training=False, num_samples=args.val_num_samples,
-        seed=args.seed)
+        seed=args.seed, class_map=args.class_map)
     train_loader = create_loader(
         train_set, batch_size=args.batch_size, is_training=True, hflip=args.hflip,
         color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob, **common)

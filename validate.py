@@ -30,6 +30,8 @@ parser = argparse.ArgumentParser(description='Evaluate a timm model (VT-ResNets 
 parser.add_argument('--data-dir', metavar='DIR', help='path to dataset root')
 parser.add_argument('--dataset', metavar='NAME', default='', help='e.g. torch/fashion_mnist; empty: ImageFolder')
 parser.add_argument('--split', metavar='NAME', default='validation')
+parser.add_argument('--class-map', default='', type=str, metavar='FILE',
+                    help='class name per line (line number = class index) for folder datasets')
 parser.add_argument('--num-samples', type=int, default=None, metavar='N',
                     help='evaluate a fixed random subset of N samples (as train.py --val-num-samples)')
 parser.add_argument('--seed', type=int, default=42, help='seed of that subset (train.py --seed)')
@@ -57,7 +59,7 @@ parser.add_argument('--results-format', default='csv', type=str, help='csv or js
 
 
 def check_args(args: argparse.Namespace) -> None:
-    check_inputs(args, ('checkpoint',))
+    check_inputs(args, ('checkpoint', 'class_map'))
     if args.results_format not in ('csv', 'json'):
         raise SystemExit(f'--results-format {args.results_format}: expected csv or json')
 
@@ -93,7 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         model = model.to(memory_format=torch.channels_last)
     data_config = resolve_data_config(vars(args), model=model)
 
-    dataset = create_dataset(args.dataset, args.data_dir, args.split, num_samples=args.num_samples, seed=args.seed)
+    dataset = create_dataset(
+        args.dataset, args.data_dir, args.split, num_samples=args.num_samples, seed=args.seed, class_map=args.class_map)
     loader = create_loader(
         dataset, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=False,
         interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],

