@@ -216,7 +216,7 @@ def train_one_epoch(
     task.train()
     updates_per_epoch = (len(loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
     sums: Dict[str, float] = {}
-    seen = 0
+    seen = update_idx = 0
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     for batch_idx, (input, target) in enumerate(loader):
@@ -244,9 +244,9 @@ def train_one_epoch(
             continue
         optimizer.zero_grad(set_to_none=True)
         num_updates += 1
+        update_idx += 1
         task.update_ema(step=num_updates)
         scheduler.step_update(num_updates=num_updates)
-        update_idx = (batch_idx + 1 + args.grad_accum_steps - 1) // args.grad_accum_steps
         if is_primary(args) and (update_idx % args.log_interval == 0 or update_idx == updates_per_epoch):
             now = time.perf_counter()
             rate = seen * args.world_size / (now - start)

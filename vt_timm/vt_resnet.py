@@ -189,11 +189,11 @@ class VTResNet(nn.Module):
         if isinstance(self.vt, VTStage):
             # the stride-16 map has ceil(H/16) x ceil(W/16) pixels; each token needs at least one
             map_pixels = ((x.shape[2] + 15) // 16) * ((x.shape[3] + 15) // 16)
+            min_side = 16 * math.ceil(math.sqrt(self.vt.num_tokens))
             _assert(
                 map_pixels >= self.vt.num_tokens,
                 f'input {x.shape[2]}x{x.shape[3]} is too small: its stride-16 map has {map_pixels} pixels, '
-                f'fewer than the {self.vt.num_tokens} visual tokens; use at least '
-                f'{16 * math.ceil(math.sqrt(self.vt.num_tokens))}x{16 * math.ceil(math.sqrt(self.vt.num_tokens))} px',
+                f'fewer than the {self.vt.num_tokens} visual tokens; use at least {min_side}x{min_side} px',
             )
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
