@@ -33,7 +33,7 @@ from timm.utils import (
 import vt_timm  # noqa: F401  registers the VT-ResNets
 from vt_timm.data import create_dataset
 from vt_timm.plot import plot_summary
-from vt_timm.script_args import check_inputs
+from vt_timm.script_args import check_inputs, load_config
 
 _logger = logging.getLogger('train')
 
@@ -106,6 +106,8 @@ def create_parser() -> argparse.ArgumentParser:
                        help='warm-up epochs come before the decay schedule instead of inside it')
 
     group = parser.add_argument_group('Augmentation and regularization')
+    group.add_argument('--no-aug', action='store_true', default=False,
+                       help='no training augmentation (resize and center crop as in evaluation)')
     group.add_argument('--hflip', type=float, default=0.5)
     group.add_argument('--color-jitter', type=float, default=0.4, metavar='PCT')
     group.add_argument('--aa', type=str, default=None, metavar='NAME', help='AutoAugment policy, e.g. original')
@@ -147,8 +149,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     args_config, remaining = config_parser.parse_known_args(argv)
     parser = create_parser()
     if args_config.config:
-        with open(args_config.config) as f:
-            cfg = yaml.safe_load(f) or {}
+        cfg = load_config(args_config.config)
         known = {action.dest for action in parser._actions}
         unknown = sorted(set(cfg) - known)
         if unknown:
@@ -200,7 +201,7 @@ def create_loaders(args: argparse.Namespace, data_config: Dict, device: torch.de
         args.dataset, args.data_dir, args.val_split, is_training=False, num_samples=args.val_num_samples,
         seed=args.seed, class_map=args.class_map)
     train_loader = create_loader(
-        train_set, batch_size=args.batch_size, is_training=True, hflip=args.hflip,
+        train_set, batch_size=args.batch_size, is_training=True, no_aug=args.no_aug, hflip=args.hflip,
         color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob, **common)
     val_loader = create_loader(
         val_set, batch_size=args.validation_batch_size or args.batch_size, is_training=False,
@@ -255,7 +256,11 @@ def train_one_epoch(
             _logger.info(
                 f'epoch {epoch} [{update_idx}/{updates_per_epoch}]  {losses}  '
                 f'lr {optimizer.param_groups[0]["lr"]:.3e}  {rate:.1f} img/s  eta {eta:.0f}s')
-    return {k: v / max(seen, 1) for k, v in sums.items()}, num_updates
+    totals = torch.tensor([seen, *sums.values()], dtype=torch.float64, device=device)
+    if args.distributed:
+        torch.distributed.all_reduce(totals)  # epoch means over the samples of every process
+    seen, *loss_sums = totals.tolist()
+    return {k: v / max(seen, 1) for k, v in zip(sums, loss_sums)}, num_updates
 
 
 @torch.no_grad()

@@ -3,9 +3,12 @@
 
     python validate.py --model vt_resnet18 --checkpoint output/run/model_best.pth.tar --data-dir /data/imagenet
     python validate.py --model hf-hub:org/name --pretrained --data-dir /data/imagenet --results-file r.json
+    python validate.py -c output/run/args.yaml --checkpoint output/run/model_best.pth.tar
 
 Flags have the names and meanings of timm's validate.py. Weights load with ``weights_only=True``
-(train.py checkpoints, plain state dicts) or from safetensors.
+(train.py checkpoints, plain state dicts) or from safetensors. ``-c`` takes a train.py recipe or
+the ``args.yaml`` of a run and evaluates with its model and data settings (training-only keys are
+ignored).
 """
 import argparse
 import csv
@@ -22,40 +25,62 @@ from timm.utils import ParseKwargs, setup_default_logging
 
 import vt_timm  # noqa: F401  registers the VT-ResNets
 from vt_timm.data import create_dataset
-from vt_timm.script_args import check_inputs
+from vt_timm.script_args import check_inputs, load_config
 
 _logger = logging.getLogger('validate')
 
-parser = argparse.ArgumentParser(description='Evaluate a timm model (VT-ResNets included)')
-parser.add_argument('--data-dir', metavar='DIR', help='path to dataset root')
-parser.add_argument('--dataset', metavar='NAME', default='', help='e.g. torch/fashion_mnist; empty: ImageFolder')
-parser.add_argument('--split', metavar='NAME', default='validation')
-parser.add_argument('--class-map', default='', type=str, metavar='FILE',
-                    help='class name per line (line number = class index) for folder datasets')
-parser.add_argument('--num-samples', type=int, default=None, metavar='N',
-                    help='evaluate a fixed random subset of N samples (as train.py --val-num-samples)')
-parser.add_argument('--seed', type=int, default=42, help='seed of that subset (train.py --seed)')
-parser.add_argument('--model', '-m', default='vt_resnet18', metavar='NAME')
-parser.add_argument('--checkpoint', default='', type=str, metavar='PATH', help='weights to evaluate')
-parser.add_argument('--use-ema', action='store_true', default=False, help='evaluate the checkpoint\'s EMA weights')
-parser.add_argument('--pretrained', action='store_true', default=False, help='use the published weights')
-parser.add_argument('--num-classes', type=int, default=None)
-parser.add_argument('--in-chans', type=int, default=None)
-parser.add_argument('--img-size', default=None, type=int, metavar='N')
-parser.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N')
-parser.add_argument('--crop-pct', default=None, type=float, metavar='PCT')
-parser.add_argument('--mean', type=float, nargs='+', default=None)
-parser.add_argument('--std', type=float, nargs='+', default=None)
-parser.add_argument('--interpolation', default='', type=str)
-parser.add_argument('-b', '--batch-size', default=256, type=int, metavar='N')
-parser.add_argument('-j', '--workers', default=4, type=int, metavar='N')
-parser.add_argument('--amp', action='store_true', default=False)
-parser.add_argument('--amp-dtype', default='bfloat16', type=str)
-parser.add_argument('--channels-last', action='store_true', default=False)
-parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str)
-parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
-parser.add_argument('--results-file', default='', type=str, metavar='FILE', help='write the results here')
-parser.add_argument('--results-format', default='csv', type=str, help='csv or json')
+config_parser = argparse.ArgumentParser(description='Validation config', add_help=False)
+config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
+                           help='train.py recipe or run args.yaml whose model and data settings to use')
+# train.py dest names that validate.py (like timm's) spells differently
+TRAIN_TO_VALIDATE_DESTS = {'val_split': 'split', 'val_num_samples': 'num_samples'}
+
+
+def create_parser() -> argparse.ArgumentParser:
+    """The evaluation flags: names and meanings of timm's validate.py."""
+    parser = argparse.ArgumentParser(description='Evaluate a timm model (VT-ResNets included)',
+                                     parents=[config_parser])
+    parser.add_argument('--data-dir', metavar='DIR', help='path to dataset root')
+    parser.add_argument('--dataset', metavar='NAME', default='', help='e.g. torch/fashion_mnist; empty: ImageFolder')
+    parser.add_argument('--split', metavar='NAME', default='validation')
+    parser.add_argument('--class-map', default='', type=str, metavar='FILE',
+                        help='class name per line (line number = class index) for folder datasets')
+    parser.add_argument('--num-samples', type=int, default=None, metavar='N',
+                        help='evaluate a fixed random subset of N samples (as train.py --val-num-samples)')
+    parser.add_argument('--seed', type=int, default=42, help='seed of that subset (train.py --seed)')
+    parser.add_argument('--model', '-m', default='vt_resnet18', metavar='NAME')
+    parser.add_argument('--checkpoint', default='', type=str, metavar='PATH', help='weights to evaluate')
+    parser.add_argument('--use-ema', action='store_true', default=False, help='evaluate the checkpoint\'s EMA weights')
+    parser.add_argument('--pretrained', action='store_true', default=False, help='use the published weights')
+    parser.add_argument('--num-classes', type=int, default=None)
+    parser.add_argument('--in-chans', type=int, default=None)
+    parser.add_argument('--img-size', default=None, type=int, metavar='N')
+    parser.add_argument('--input-size', default=None, nargs=3, type=int, metavar='N')
+    parser.add_argument('--crop-pct', default=None, type=float, metavar='PCT')
+    parser.add_argument('--mean', type=float, nargs='+', default=None)
+    parser.add_argument('--std', type=float, nargs='+', default=None)
+    parser.add_argument('--interpolation', default='', type=str)
+    parser.add_argument('-b', '--batch-size', default=256, type=int, metavar='N')
+    parser.add_argument('-j', '--workers', default=4, type=int, metavar='N')
+    parser.add_argument('--amp', action='store_true', default=False)
+    parser.add_argument('--amp-dtype', default='bfloat16', type=str)
+    parser.add_argument('--channels-last', action='store_true', default=False)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str)
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    parser.add_argument('--results-file', default='', type=str, metavar='FILE', help='write the results here')
+    parser.add_argument('--results-format', default='csv', type=str, help='csv or json')
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Defaults from ``-c FILE.yaml`` (the keys validate.py shares with train.py), then the command line."""
+    config_args, remaining = config_parser.parse_known_args(argv)
+    parser = create_parser()
+    if config_args.config:
+        known = {action.dest for action in parser._actions}
+        shared = {TRAIN_TO_VALIDATE_DESTS.get(k, k): v for k, v in load_config(config_args.config).items()}
+        parser.set_defaults(**{k: v for k, v in shared.items() if k in known and k != 'config'})
+    return parser.parse_args(remaining)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -76,7 +101,7 @@ def write_results(results: Dict, path: str, fmt: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     setup_default_logging()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     check_args(args)
     device = torch.device(args.device)
 

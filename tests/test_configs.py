@@ -77,3 +77,15 @@ def test_config_keys_are_train_flags(path):
     with open(path) as f:
         keys = set(yaml.safe_load(f))
     assert keys <= TRAIN_DESTS, f'{path.name}: not train.py flags: {sorted(keys - TRAIN_DESTS)}'
+
+
+def test_quickstart_normalisation_is_the_training_set_statistics(tmp_path):
+    """The quickstart's mean/std are Fashion-MNIST's measured per-pixel statistics (60k training images)."""
+    from torchvision.datasets import FashionMNIST
+
+    from vt_timm.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, prepare_fashion_mnist
+
+    pixels = FashionMNIST(str(prepare_fashion_mnist(tmp_path)), train=True).data.double() / 255
+    assert (round(pixels.mean().item(), 4), round(pixels.std().item(), 4)) == (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
+    cfg = load('quickstart_fashion_mnist')
+    assert (cfg.mean, cfg.std) == ([FASHION_MNIST_MEAN], [FASHION_MNIST_STD])

@@ -1,6 +1,7 @@
 """train.py and validate.py end to end on real Fashion-MNIST images, and their errors on bad input."""
 import json
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -19,13 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / 'configs' / 'quickstart_fashion_mnist.yaml')
 # the quickstart recipe, shrunk to about a minute on 2 CPU cores
 SMALL_RUN = ['--train-num-samples', '3000', '--val-num-samples', '500', '--epochs', '2', '--log-interval', '10']
-# validate.py flags that reproduce the quickstart recipe's evaluation
-VALIDATE_QUICKSTART = [
-    '--model', 'vt_resnet18', '--dataset', 'torch/fashion_mnist', '--num-classes', '10', '--in-chans', '1',
-    '--img-size', '64', '--mean', '0.2860', '--std', '0.3530', '--crop-pct', '1.0', '-j', '2',
-    '--num-samples', '500',
-]
-
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
@@ -41,8 +35,10 @@ def quickstart_run(data_dir, tmp_path_factory):
 
 
 def test_quickstart_recipe_learns(quickstart_run):
-    _, metrics = quickstart_run
+    run_dir, metrics = quickstart_run
     assert metrics['top1'] >= 35., f'{metrics["top1"]:.1f}% top-1 on 500 held-out images (chance 10%)'
+    train_loss = read_summary(run_dir / 'summary.csv')['train_loss']
+    assert train_loss[1] < 0.9 * train_loss[0], train_loss
 
 
 def test_run_writes_summary_and_checkpoints(quickstart_run):
@@ -68,9 +64,9 @@ def test_args_yaml_feeds_back(quickstart_run):
 def test_validate_reproduces_logged_accuracy(quickstart_run, data_dir, tmp_path):
     run_dir, metrics = quickstart_run
     results_file = tmp_path / 'results.json'
-    results = validate.main([*VALIDATE_QUICKSTART, '--data-dir', data_dir,
-                             '--checkpoint', str(run_dir / 'last.pth.tar'),
+    results = validate.main(['-c', str(run_dir / 'args.yaml'), '--checkpoint', str(run_dir / 'last.pth.tar'),
                              '--results-file', str(results_file), '--results-format', 'json'])
+    assert results['samples'] == 500
     assert results['top1'] == pytest.approx(metrics['top1'], abs=1e-3)
     assert results['loss'] == pytest.approx(metrics['loss'], rel=1e-4)
     assert json.loads(results_file.read_text())['top1'] == results['top1']
@@ -101,15 +97,42 @@ def test_validate_corrupt_checkpoint_is_clear_and_left_alone(tmp_path, data_dir)
     corrupt = tmp_path / 'corrupt.pth.tar'
     corrupt.write_bytes(b'not a checkpoint')
     with pytest.raises(SystemExit, match='corrupt.pth.tar'):
-        validate.main([*VALIDATE_QUICKSTART, '--data-dir', data_dir, '--checkpoint', str(corrupt)])
+        validate.main(['-c', QUICKSTART, '--data-dir', data_dir, '--checkpoint', str(corrupt)])
     assert corrupt.read_bytes() == b'not a checkpoint'
 
 
 def test_validate_mismatched_num_classes(quickstart_run, data_dir):
     run_dir, _ = quickstart_run
-    argv = [a if a != '10' else '7' for a in VALIDATE_QUICKSTART]
     with pytest.raises(SystemExit, match='num_classes=7'):
-        validate.main([*argv, '--data-dir', data_dir, '--checkpoint', str(run_dir / 'last.pth.tar')])
+        validate.main(['-c', str(run_dir / 'args.yaml'), '--num-classes', '7',
+                       '--checkpoint', str(run_dir / 'last.pth.tar')])
+
+
+def test_validate_config_takes_shared_keys_only(tmp_path):
+    """A train.py recipe sets validate.py's model and data flags (val_split -> split, val_num_samples ->
+    num_samples); training-only keys are ignored; the command line wins."""
+    args = validate.parse_args(['-c', QUICKSTART, '--batch-size', '100'])
+    assert (args.model, args.dataset, args.split, args.num_samples) == ('vt_resnet18', 'torch/fashion_mnist',
+                                                                        'validation', 1000)
+    assert (args.in_chans, args.img_size, args.mean, args.std, args.batch_size) == (1, 64, [0.286], [0.353], 100)
+    assert not hasattr(args, 'opt')
+    not_a_mapping = tmp_path / 'list.yaml'
+    not_a_mapping.write_text('- vt_resnet18\n')
+    with pytest.raises(SystemExit, match='expected a YAML mapping'):
+        validate.parse_args(['-c', str(not_a_mapping)])
+    with pytest.raises(SystemExit, match='no such file'):
+        validate.parse_args(['-c', str(tmp_path / 'missing.yaml')])
+
+
+def test_quickstart_script_trains_then_validates(data_dir, tmp_path):
+    """README Quickstart command 1 (here 1 epoch on 640 images): validate.py's top-1 is train.py's best."""
+    subprocess.run(['bash', str(ROOT / 'scripts' / 'quickstart.sh'), '--data-dir', data_dir,
+                    '--train-num-samples', '640', '--val-num-samples', '200', '--epochs', '1'],
+                   env={**os.environ, 'OUTPUT': str(tmp_path)}, check=True, capture_output=True)
+    run_dir = tmp_path / 'quickstart'
+    validated = json.loads((run_dir / 'validate.json').read_text())
+    assert validated['samples'] == 200
+    assert validated['top1'] == pytest.approx(max(read_summary(run_dir / 'summary.csv')['eval_top1']), abs=1e-3)
 
 
 def _train_command(data_dir: str, output: Path, experiment: str, *extra: str):

@@ -2,7 +2,7 @@
 import gzip
 import shutil
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import torch
 
@@ -36,14 +36,6 @@ def prepare_fashion_mnist(root: Union[str, Path], source: Path = DEBIAN_FASHION_
             shutil.copyfileobj(src, dst)
         partial.replace(raw / name)  # atomic: a killed run never leaves a truncated file behind
     return root
-
-
-def load_fashion_mnist(root: Union[str, Path], train: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-    """All images (N, 28, 28) uint8 and labels (N,) int64 of one Fashion-MNIST split."""
-    from torchvision.datasets import FashionMNIST
-
-    dataset = FashionMNIST(str(prepare_fashion_mnist(root)), train=train, download=False)
-    return dataset.data, dataset.targets
 
 
 # datasets that are unpacked from a locally installed package on first use

@@ -1,9 +1,11 @@
-"""Input checks shared by train.py and validate.py: fail at once, naming the flag and what is wrong."""
+"""What train.py and validate.py share: YAML configs keyed by flag dest names, and input checks that fail
+at once, naming the flag and what is wrong."""
 import argparse
 import os
-from typing import Sequence
+from typing import Any, Dict, Sequence
 
 import timm
+import yaml
 
 from .data import OFFLINE_SOURCES
 
@@ -19,3 +21,15 @@ def check_inputs(args: argparse.Namespace, file_dests: Sequence[str]) -> None:
         raise SystemExit(f'--data-dir {args.data_dir}: no such directory')
     if args.model not in timm.list_models() and not args.model.startswith(('hf-hub:', 'local-dir:')):
         raise SystemExit(f'--model {args.model}: unknown model (see timm.list_models())')
+
+
+def load_config(path: str) -> Dict[str, Any]:
+    """The mapping of flag dest names to values in YAML file ``path`` (a recipe or a run's args.yaml)."""
+    if not os.path.isfile(path):
+        raise SystemExit(f'--config {path}: no such file')
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise SystemExit(f'--config {path}: expected a YAML mapping of flag dest names to values, '
+                         f'got {type(cfg).__name__}')
+    return cfg
