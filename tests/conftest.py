@@ -1,5 +1,14 @@
-"""Shared fixtures: real photographs (scikit-image's bundled images) as model inputs."""
+"""Shared fixtures: real photographs (scikit-image's bundled images) as model inputs.
+
+No test reaches the network or the user's caches: the Hugging Face Hub client runs offline against a
+throwaway cache (set before anything imports huggingface_hub, which reads these once).
+"""
+import os
+import tempfile
 from typing import Callable, Tuple
+
+os.environ['HF_HUB_OFFLINE'] = '1'
+os.environ['HF_HOME'] = tempfile.mkdtemp(prefix='vt_timm-tests-hf-')
 
 import pytest
 import torch

@@ -596,9 +596,10 @@ def test_bad_input_raises_clear_error(model_name, photos, case, match, entry):
 
 
 def test_pretrained_without_published_weights_raises(model_name):
-    with pytest.raises(RuntimeError, match='No pretrained weights are published') as error:
+    """Offline (conftest) and not cached: an error naming the tag, its Hub repo and the remedies."""
+    with pytest.raises(RuntimeError, match=f'{model_name}.in1k: no weights could be fetched from hf-hub:') as error:
         timm.create_model(model_name, pretrained=True)
-    assert 'pretrained_cfg_overlay' in str(error.value)
+    assert 'pretrained_cfg_overlay' in str(error.value) and 'local-dir:' in str(error.value)
 
 
 def test_pretrained_from_local_file(model_name, tmp_path):

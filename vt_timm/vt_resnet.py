@@ -10,10 +10,14 @@ classifier average-pools the output tokens. ``forward_features`` therefore retur
 maps up to stride 16. Design choices: docs/architecture.md.
 """
 import math
+import pickle
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
+from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import _assert, get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
@@ -293,35 +297,48 @@ class VTResNet(nn.Module):
 
 def _create_vt_resnet(variant: str, pretrained: bool = False, **kwargs) -> VTResNet:
     """Build through timm (pretrained cfg, features_only, in_chans adaptation, head reset)."""
-    if pretrained:
-        _check_weights_published(variant, kwargs)
-    return build_model_with_cfg(
-        VTResNet,
-        variant,
-        pretrained,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3)),
-        **kwargs,
-    )
+    try:
+        return build_model_with_cfg(
+            VTResNet, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+            pretrained_filter_fn=_check_pretrained_keys, **kwargs)
+    except WEIGHT_LOAD_ERRORS as e:
+        if not pretrained:
+            raise
+        raise RuntimeError(_weights_error(variant, kwargs, e)) from e
 
 
-def _check_weights_published(variant: str, kwargs: Dict[str, Any]) -> None:
-    """Fail early and clearly when ``pretrained=True`` would fetch weights that do not exist."""
-    pretrained_cfg = resolve_pretrained_cfg(
-        variant,
-        pretrained_cfg=kwargs.get('pretrained_cfg'),
-        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
-    )
-    name = f'{variant}.{pretrained_cfg.tag}'
-    default_cfg = default_cfgs[variant].cfgs.get(pretrained_cfg.tag)
-    own_source = pretrained_cfg.file or pretrained_cfg.state_dict or pretrained_cfg.url or (
-        default_cfg is None or pretrained_cfg.hf_hub_id != default_cfg.hf_hub_id)
-    if not own_source and name not in PUBLISHED_WEIGHTS:
-        raise RuntimeError(
-            f'No pretrained weights are published for {name} yet '
-            f'(published: {sorted(PUBLISHED_WEIGHTS) or "none"}). Use pretrained=False, or load '
-            f'your own: timm.create_model(\'{variant}\', pretrained=True, '
-            f'pretrained_cfg_overlay=dict(file=\'/path/to/model.safetensors\')).'
-        )
+def _check_pretrained_keys(state_dict: Dict[str, torch.Tensor], model: VTResNet) -> Dict[str, torch.Tensor]:
+    """Pretrained weights must name exactly the model's tensors: timm loads non-strictly when it drops
+    the classifier for a new ``num_classes``, which would otherwise hide missing or foreign keys."""
+    expected = model.state_dict().keys()
+    missing, unexpected = sorted(expected - state_dict.keys()), sorted(state_dict.keys() - expected)
+    if missing or unexpected:
+        raise RuntimeError(f'{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys '
+                           f'{unexpected[:3]} (is it a {type(model).__name__} with these settings?)')
+    return state_dict
+
+
+# what timm's pretrained loading raises for a missing, unreadable or mismatched weights source
+WEIGHT_LOAD_ERRORS = (OSError, EOFError, RuntimeError, KeyError, pickle.UnpicklingError, SafetensorError,
+                      EntryNotFoundError)
+
+
+def _weights_error(variant: str, kwargs: Dict[str, Any], error: Exception) -> str:
+    """A message naming the weights source that failed, and why."""
+    cfg = resolve_pretrained_cfg(
+        variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    if cfg.file:
+        folder = Path(cfg.file)
+        weights = [str(folder / name) for name in ('model.safetensors', 'pytorch_model.bin') if (folder / name).is_file()]
+        source = ' or '.join(weights) if folder.is_dir() and weights else cfg.file
+    else:
+        source = cfg.url or f'hf-hub:{cfg.hf_hub_id}'
+    if isinstance(error, (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled)):
+        return (f'{variant}.{cfg.tag}: no weights could be fetched from {source}: not published (see the README\'s '
+                f'weights table), or offline and not in the Hugging Face cache. Load your own with '
+                f'pretrained_cfg_overlay=dict(file=\'/path/to/model.safetensors\') or \'local-dir:/path\'. '
+                f'({type(error).__name__}: {error})')
+    return f'{variant}: pretrained weights {source} cannot be loaded into this model: {type(error).__name__}: {error}'
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
@@ -343,9 +360,6 @@ default_cfgs = generate_default_cfgs({
     f'{arch}.in1k': _cfg(hf_hub_id=f'{HF_HUB_ORG}/{arch}.in1k')
     for arch in ('vt_resnet18', 'vt_resnet34', 'vt_resnet50', 'vt_resnet101')
 })
-
-# '<arch>.<tag>' entries whose weights exist on the Hub; the README's weights table lists them
-PUBLISHED_WEIGHTS: Set[str] = set()
 
 
 @register_model
