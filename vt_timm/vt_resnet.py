@@ -129,6 +129,7 @@ class VTResNet(nn.Module):
             **dd,
         )
 
+        self.num_tokens = num_tokens  # 0 once pruned to pixel tokens; an int, so TorchScript keeps the size check
         self.num_features = self.head_hidden_size = token_chs
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
@@ -190,14 +191,14 @@ class VTResNet(nn.Module):
             x.shape[1] == self.in_chans,
             f'expected {self.in_chans} input channels (N, {self.in_chans}, H, W), got shape {x.shape}',
         )
-        if isinstance(self.vt, VTStage):
+        if self.num_tokens:
             # the stride-16 map has ceil(H/16) x ceil(W/16) pixels; each token needs at least one
             map_pixels = ((x.shape[2] + 15) // 16) * ((x.shape[3] + 15) // 16)
-            min_side = 16 * math.ceil(math.sqrt(self.vt.num_tokens))
+            min_side = 16 * math.ceil(math.sqrt(self.num_tokens))
             _assert(
-                map_pixels >= self.vt.num_tokens,
+                map_pixels >= self.num_tokens,
                 f'input {x.shape[2]}x{x.shape[3]} is too small: its stride-16 map has {map_pixels} pixels, '
-                f'fewer than the {self.vt.num_tokens} visual tokens; use at least {min_side}x{min_side} px',
+                f'fewer than the {self.num_tokens} visual tokens; use at least {min_side}x{min_side} px',
             )
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,6 +269,7 @@ class VTResNet(nn.Module):
             self.maxpool = nn.Identity()
         if prune_head or max_index < len(self.feature_info) - 1:
             self.vt = PixelTokens()
+            self.num_tokens = 0
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
             self.reset_classifier(0, '')
         return take_indices

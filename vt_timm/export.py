@@ -1,0 +1,227 @@
+"""Export a VT-ResNet (or any timm model) to ONNX or TorchScript and check the file against PyTorch.
+
+Paper: `Visual Transformers: Token-based Image Representation and Processing for Computer Vision`
+    - https://arxiv.org/abs/2006.03677 (Wu et al., ICCV 2021)
+
+    python -m vt_timm.export --model vt_resnet18 --output vt_resnet18.onnx --dynamic-size
+    python -m vt_timm.export --model vt_resnet50 --checkpoint model_best.pth.tar --format torchscript -o vt_resnet50.pt
+
+ONNX goes through timm's ``onnx_export`` with torch's torch.export-based ("dynamo") exporter, the
+default of torch >= 2.9 (the TorchScript-based one is deprecated); the batch axis is dynamic, and
+``--dynamic-size`` makes height and width dynamic too. TorchScript is ``torch.jit.script``. Weights
+load with timm's ``load_checkpoint``: safetensors, or ``torch.load(weights_only=True)``.
+
+The command writes the file under a temporary name in the output directory and runs it
+(onnxruntime / ``torch.jit.load``) on a real photograph (matplotlib's bundled ``grace_hopper.jpg``,
+or ``--image``) at ``--img-size`` and, when the export takes any size, at a second, non-square size.
+It prints the max abs difference to the eager model's outputs next to PyTorch's own float32 rounding
+error on that input (its difference to a float64 copy of the model). Only if every difference is at
+most ``ERROR_FACTOR`` times that error (other kernels round differently; a broken export misses by
+the size of the outputs) is the file renamed to ``--output``: an existing file is never replaced by
+a half-written or failing one. ONNX needs ``pip install onnx onnxruntime onnxscript``.
+"""
+import argparse
+import contextlib
+import copy
+import os
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+import torch.nn as nn
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+from timm.models import load_checkpoint
+from timm.utils.onnx import onnx_export, onnx_forward
+
+FORMATS = ('onnx', 'torchscript')
+# torch's exporter writes opset 18 and later; it would convert down, but fails to on VT-ResNets and
+# then silently keeps 18
+MIN_OPSET = 18
+# how many times PyTorch's own float32 error (vs float64) an export may differ from PyTorch by
+ERROR_FACTOR = 10.
+PathLike = Union[str, os.PathLike]
+
+
+def check_output_path(path: PathLike) -> Path:
+    """``path`` as a Path if a file can be written there: its directory exists and it is no directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f'{path} is a directory; expected a file path')
+    if not path.parent.absolute().is_dir():
+        raise ValueError(f'directory {path.parent} does not exist')
+    return path
+
+
+def check_opset(opset: Optional[int]) -> None:
+    """``opset`` is None (the exporter's default) or one the exporter writes."""
+    if opset is not None and opset < MIN_OPSET:
+        raise ValueError(f'opset {opset} is not supported; expected {MIN_OPSET} or later (or the default)')
+
+
+@contextlib.contextmanager
+def _replacing(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds, else delete it."""
+    path = check_output_path(path)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')  # same directory: the rename is atomic
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_onnx(
+        model: nn.Module,
+        path: PathLike,
+        input_size: Tuple[int, int, int],
+        dynamic_size: bool = False,
+        opset: Optional[int] = None,
+) -> Path:
+    """Export ``model`` (put in eval mode) to ONNX with a dynamic batch axis and, if ``dynamic_size``,
+    dynamic height and width; ``input_size`` is (C, H, W) of the traced input; ``opset`` None takes
+    the exporter's default. The file passes ``onnx.checker`` before it replaces ``path``."""
+    check_opset(opset)
+    with _replacing(path) as tmp:
+        onnx_export(
+            model, str(tmp), batch_size=2, input_size=tuple(input_size), opset=opset, dynamic_size=dynamic_size,
+            use_dynamo=True,
+            external_data=False,  # one self-contained file (all VT-ResNets are far below protobuf's 2 GB)
+        )
+    return Path(path)
+
+
+def export_torchscript(model: nn.Module, path: PathLike) -> Path:
+    """Script ``model`` (put in eval mode) with ``torch.jit.script`` and save it to ``path``."""
+    scripted = torch.jit.script(model.eval())
+    with _replacing(path) as tmp:
+        scripted.save(str(tmp))
+    return Path(path)
+
+
+def load_image(path: Optional[PathLike] = None) -> Image.Image:
+    """The RGB photograph at ``path``, by default matplotlib's bundled photo of Grace Hopper."""
+    if path is None:
+        from matplotlib import cbook
+        path = cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)
+    return Image.open(path).convert('RGB')
+
+
+def image_batch(model: nn.Module, image: Image.Image, size: Tuple[int, int]) -> torch.Tensor:
+    """``image`` resized and centre-cropped to ``size`` (H, W) and normalised as ``model`` expects
+    (timm's eval transform of its pretrained cfg), as a batch of one with ``model.in_chans``
+    channels (the grey mean repeated if that is not 3)."""
+    config = resolve_data_config(model=model)
+    x = create_transform(**dict(config, input_size=(3, *size)))(image)[None]
+    return x if model.in_chans == 3 else x.mean(dim=1, keepdim=True).expand(-1, model.in_chans, -1, -1)
+
+
+def second_size(img_size: int) -> Tuple[int, int]:
+    """The non-square size a size-agnostic export is also checked at: taller and narrower than
+    ``img_size`` (256x168 for 224), with a stride-16 map that is not a whole number of pixels wide."""
+    return img_size + 32, img_size * 3 // 4
+
+
+@torch.no_grad()
+def float32_error(model: nn.Module, inputs: Sequence[torch.Tensor]) -> List[float]:
+    """Max abs difference between ``model``'s eval outputs and those of a float64 copy of it, per input."""
+    model.eval()
+    model64 = copy.deepcopy(model).double()
+    return [(model(x).double() - model64(x.double())).abs().max().item() for x in inputs]
+
+
+@torch.no_grad()
+def check_export(model: nn.Module, path: PathLike, fmt: str, inputs: Sequence[torch.Tensor]) -> List[float]:
+    """Max abs difference between the outputs of the exported ``path`` (run by onnxruntime for
+    ``fmt`` 'onnx', ``torch.jit.load`` for 'torchscript') and ``model``'s eager eval outputs, per input."""
+    if fmt not in FORMATS:
+        raise ValueError(f'unknown format {fmt!r}; expected one of {FORMATS}')
+    model.eval()
+    scripted = torch.jit.load(str(path)) if fmt == 'torchscript' else None
+    diffs = []
+    for x in inputs:
+        exported = scripted(x) if scripted is not None else torch.from_numpy(onnx_forward(str(path), x))
+        diffs.append((exported - model(x)).abs().max().item())
+    return diffs
+
+
+def create_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--model', '-m', default='vt_resnet18', metavar='NAME', help='timm model name')
+    parser.add_argument('--checkpoint', default='', metavar='FILE', help='weights (.safetensors, .pth, .pth.tar)')
+    parser.add_argument('--use-ema', action='store_true', help='export the checkpoint\'s EMA weights')
+    parser.add_argument('--num-classes', type=int, default=None, metavar='N')
+    parser.add_argument('--in-chans', type=int, default=None, metavar='N')
+    parser.add_argument('--img-size', type=int, default=224, metavar='N', help='square input size exported and checked')
+    parser.add_argument('--format', default='onnx', choices=FORMATS)
+    parser.add_argument('--dynamic-size', action='store_true', help='ONNX: dynamic height and width axes')
+    parser.add_argument('--opset', type=int, default=None, metavar='N', help='ONNX opset (default: the exporter\'s)')
+    parser.add_argument('--image', default=None, metavar='FILE', help='photo to check with (default: grace_hopper.jpg)')
+    parser.add_argument('--output', '-o', required=True, metavar='FILE', help='exported file')
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Fail before any work on a missing input file, an unknown model, an unwritable output path, an
+    unsupported opset or ONNX-only flags given for TorchScript."""
+    for flag, path in (('--checkpoint', args.checkpoint), ('--image', args.image)):
+        if path and not os.path.isfile(path):
+            raise SystemExit(f'{flag} {path}: no such file')
+    if args.model not in timm.list_models() and not args.model.startswith(('hf-hub:', 'local-dir:')):
+        raise SystemExit(f'--model {args.model}: unknown model (see timm.list_models())')
+    for flag, value, check in (('--output', args.output, check_output_path), ('--opset', args.opset, check_opset)):
+        try:
+            check(value)
+        except ValueError as e:
+            raise SystemExit(f'{flag} {value}: {e}') from e
+    if args.format == 'torchscript' and (args.dynamic_size or args.opset is not None):
+        raise SystemExit('--dynamic-size and --opset apply to --format onnx only '
+                         '(a TorchScript module takes any input size)')
+
+
+def create_model(args: argparse.Namespace) -> nn.Module:
+    """The model named by ``args`` in eval mode, with the checkpoint's weights if one is given."""
+    model = timm.create_model(
+        args.model, num_classes=args.num_classes, **({'in_chans': args.in_chans} if args.in_chans else {}))
+    if args.checkpoint:
+        try:
+            load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, weights_only=True)
+        except Exception as e:  # truncated/garbage file, wrong architecture, wrong head size
+            raise SystemExit(f'--checkpoint {args.checkpoint} does not load into {args.model} '
+                             f'(num_classes={model.num_classes}, in_chans={model.in_chans}): {e}') from e
+    return model.eval()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[Tuple[int, int], float]:
+    """Export and check; print and return the max abs difference to the eager model per checked (H, W).
+    The file replaces ``--output`` only once it has passed the check."""
+    args = create_parser().parse_args(argv)
+    check_args(args)
+    model = create_model(args)
+    min_size = model.pretrained_cfg.get('min_input_size', (0,))[-1]
+    if args.img_size < min_size:
+        raise SystemExit(f'--img-size {args.img_size}: {args.model} needs at least {min_size}')
+    sizes = [(args.img_size, args.img_size)]
+    if args.dynamic_size or args.format == 'torchscript':
+        sizes.append(second_size(args.img_size))
+    image = load_image(args.image)
+    inputs = [image_batch(model, image, size) for size in sizes]
+
+    with _replacing(args.output) as tmp:  # an export that fails its check replaces nothing
+        if args.format == 'onnx':
+            export_onnx(model, tmp, (model.in_chans, args.img_size, args.img_size), args.dynamic_size, args.opset)
+        else:
+            export_torchscript(model, tmp)
+        diffs = dict(zip(sizes, check_export(model, tmp, args.format, inputs)))
+        for ((h, w), diff), reference in zip(diffs.items(), float32_error(model, inputs)):
+            print(f'{args.output} at {h}x{w}: max |{args.format} - PyTorch| = {diff:.3g} '
+                  f'(PyTorch float32 vs float64: {reference:.3g})')
+            if not diff <= ERROR_FACTOR * reference:  # also catches NaN
+                raise SystemExit(f'{args.output} not written: the export differs from the PyTorch model by '
+                                 f'{diff:.3g} at {h}x{w}, more than {ERROR_FACTOR:g}x PyTorch\'s float32 error')
+    return diffs
+
+
+if __name__ == '__main__':
+    main()
