@@ -375,7 +375,8 @@ def test_projector_zero_init_last_is_identity(training, token_chs):
 @pytest.mark.parametrize('recurrent', [False, True])
 @pytest.mark.parametrize('project', [False, True])
 def test_block_is_chain_of_its_submodules(recurrent, project):
-    block = prepared(VTBlock(C, 12, num_tokens=L, recurrent=recurrent, project=project, qk_dim=QK, num_heads=2))
+    tokenizer = 'recurrent' if recurrent else 'filter'
+    block = prepared(VTBlock(C, 12, num_tokens=L, tokenizer=tokenizer, project=project, qk_dim=QK, num_heads=2))
     assert isinstance(block.tokenizer, RecurrentTokenizer if recurrent else FilterTokenizer)
     assert (block.projector is not None) == project
     x, t_in = rand_map(3, 5), (rand_tokens(12) if recurrent else None)

@@ -12,6 +12,13 @@ C <-> C_T maps added to them are the choices listed in docs/architecture.md):
     transformer  T' = T + SOFTMAX_L((T K)(T Q)^T / sqrt(d)) T;  T_out = T' + BN(ReLU(BN(T' F1)) F2)
     projector    X_out = X + BN(SOFTMAX_L((X W_Q)(T W_K)^T / sqrt(d)) T W_V)
 
+The paper's ablation variants (its Tables 3-7; ``create_tokenizer`` / ``create_relation``):
+
+    clustering   T = SOFTMAX_HW(X K^T)^T X W_V,  K = KMEANS_L(X / |X|)  (L unit centroids, no gradient)
+    pooling      T = BILINEAR_L(X) W_V                                  (the map resized to L cells)
+    graph conv   T_out = T + BN(ReLU(A_g T W_g))                        (A_g: L x L, W_g: C_T x C_T)
+    none         T_out = T
+
 W_V maps C <-> C_T and exists only where the two widths differ. Tokens are kept token-major
 (N, L, C), as in timm's other token models.
 """
@@ -24,8 +31,10 @@ from timm.layers import ConvNormAct, DropPath, trunc_normal_, use_fused_attn
 from timm.models import checkpoint
 
 __all__ = [
-    'token_attention', 'TokenLinear', 'FilterTokenizer', 'RecurrentTokenizer', 'TokenTransformer',
-    'Projector', 'VTBlock', 'VTStage', 'init_vt_weights',
+    'token_attention', 'TokenLinear', 'FilterTokenizer', 'RecurrentTokenizer', 'ClusteringTokenizer',
+    'PoolingTokenizer', 'TokenTransformer', 'TokenGraphConv', 'Projector', 'VTBlock', 'VTStage',
+    'create_tokenizer', 'create_relation', 'spherical_kmeans', 'token_grid', 'init_vt_weights',
+    'FIRST_TOKENIZERS', 'LATER_TOKENIZERS', 'RELATIONS',
 ]
 
 
@@ -87,6 +96,11 @@ def _spatial_softmax_gather(logits: torch.Tensor, x: torch.Tensor) -> torch.Tens
     return logits.softmax(dim=-1) @ x.flatten(2).transpose(1, 2)
 
 
+def _value_map(in_chs: int, token_chs: int, device=None, dtype=None) -> nn.Module:
+    """A tokenizer's W_V: token-wise ``Linear(C -> C_T)`` (no norm) where the widths differ, else identity."""
+    return nn.Linear(in_chs, token_chs, bias=False, device=device, dtype=dtype) if in_chs != token_chs else nn.Identity()
+
+
 class FilterTokenizer(nn.Module):
     """Filter-based tokenizer: a 1x1 conv W_A gives one spatial attention per token.
 
@@ -106,7 +120,7 @@ class FilterTokenizer(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.attn = nn.Conv2d(in_chs, num_tokens, 1, bias=False, **dd)  # W_A
-        self.value = nn.Linear(in_chs, token_chs, bias=False, **dd) if in_chs != token_chs else nn.Identity()
+        self.value = _value_map(in_chs, token_chs, **dd)
 
     def spatial_logits(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Pre-softmax spatial attention (N, L, HW); ``tokens`` is unused (fixed filters)."""
@@ -133,7 +147,7 @@ class RecurrentTokenizer(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         self.scale = in_chs ** -0.5
         self.token_to_filter = nn.Linear(token_chs, in_chs, bias=False, **dd)  # W_T->R
-        self.value = nn.Linear(in_chs, token_chs, bias=False, **dd) if in_chs != token_chs else nn.Identity()
+        self.value = _value_map(in_chs, token_chs, **dd)
 
     def spatial_logits(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Pre-softmax spatial attention (N, L, HW) computed from the previous tokens."""
@@ -143,6 +157,163 @@ class RecurrentTokenizer(nn.Module):
 
     def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.value(_spatial_softmax_gather(self.spatial_logits(x, tokens), x))
+
+
+def token_grid(num_tokens: int) -> Tuple[int, int]:
+    """The (rows, cols) grid of L cells that pooling and K-means initialisation downsample a map to.
+
+    rows = the largest divisor of L not above sqrt(L), cols = L / rows: 16 -> 4x4, 32 -> 4x8,
+    64 -> 8x8 (a prime L gives 1xL). Fixed per model, whatever the map's aspect ratio, so that no
+    code branches on input shapes (FX, TorchScript).
+    """
+    rows = max(r for r in range(1, int(num_tokens ** 0.5) + 1) if num_tokens % r == 0)
+    return rows, num_tokens // rows
+
+
+def spherical_kmeans(pixels: torch.Tensor, centroids: torch.Tensor, iters: int) -> torch.Tensor:
+    """Lloyd's algorithm on unit vectors, batched over images (Appendix C).
+
+    Each step assigns every pixel to its nearest centroid by cosine similarity (ties: lowest
+    index), moves each centroid to the mean of its members and re-normalises it; a centroid
+    without members keeps its previous position.
+
+    Args:
+        pixels: (N, P, C) unit-norm pixel vectors.
+        centroids: (N, L, C) unit-norm initial centroids.
+        iters: number of Lloyd steps.
+
+    Returns:
+        (N, L, C) unit-norm centroids.
+    """
+    for _ in range(iters):
+        similarity = pixels @ centroids.transpose(1, 2)  # (N, P, L)
+        members = torch.zeros_like(similarity).scatter_(-1, similarity.argmax(dim=-1, keepdim=True), 1.)
+        counts = members.sum(dim=1).unsqueeze(-1)  # (N, L, 1)
+        means = (members.transpose(1, 2) @ pixels) / counts.clamp(min=1.)
+        centroids = torch.where(counts > 0, F.normalize(means, dim=-1), centroids)
+    return centroids
+
+
+class ClusteringTokenizer(nn.Module):
+    """K-means tokenizer (Appendix C): the centroids of the pixels' directions are the filters.
+
+    Per image, the pixels are L2-normalised; L centroids start as the normalised map average-pooled
+    to the ``token_grid`` cells (re-normalised) and take ``iters`` Lloyd steps (``spherical_kmeans``);
+    then ``T = SOFTMAX_HW(X K^T)^T X W_V`` with the centroids K as W_K on the raw map. K-means runs on
+    a detached map under ``no_grad``: gradients reach X through the softmax and the gather only.
+    No learned weights besides W_V (as in the filter tokenizer).
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            token_chs: int,
+            num_tokens: int = 16,
+            iters: int = 3,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        self.grid = token_grid(num_tokens)
+        self.iters = iters
+        self.value = _value_map(in_chs, token_chs, device=device, dtype=dtype)
+
+    def centroids(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L, C) unit-norm K-means centroids of the map's pixel directions (no gradient)."""
+        with torch.no_grad():
+            directions = F.normalize(x.detach(), dim=1)
+            init = F.adaptive_avg_pool2d(directions, [self.grid[0], self.grid[1]]).flatten(2).transpose(1, 2)
+            pixels = directions.flatten(2).transpose(1, 2)
+            return spherical_kmeans(pixels, F.normalize(init, dim=-1), self.iters)
+
+    def spatial_logits(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pre-softmax spatial attention (N, L, HW): X K^T with the centroids K; ``tokens`` is unused."""
+        return self.centroids(x) @ x.flatten(2)
+
+    def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.value(_spatial_softmax_gather(self.spatial_logits(x, tokens), x))
+
+
+def _bilinear_weights(in_size: int, out_size: int, like: torch.Tensor) -> torch.Tensor:
+    """(out_size, in_size) weights of ``F.interpolate(bilinear, antialias)`` along one axis, in the
+    dtype and on the device of ``like``.
+
+    The resize is separable: resizing the one-hot rows of an identity gives each input pixel's
+    weight in every output cell. Computed in float64 on the CPU (a few hundred numbers): torch's
+    CPU antialiased resize has no bfloat16 kernel, and the rows lie along the width axis because
+    torch 2.14's antialiased resize of an (H, 1) map to (h, 1) returns h equal values. A leaf for
+    FX (``torch.fx.wrap``): it runs on the traced map's concrete size.
+    """
+    eye = torch.eye(in_size, dtype=torch.float64).reshape(in_size, 1, 1, in_size)
+    weights = F.interpolate(eye, size=[1, out_size], mode='bilinear', align_corners=False, antialias=True)
+    return weights.reshape(in_size, out_size).t().to(dtype=like.dtype).to(device=like.device)
+
+
+torch.fx.wrap('_bilinear_weights')
+
+
+class PoolingTokenizer(nn.Module):
+    """Pooling tokenizer: the map bilinearly resized to the ``token_grid`` cells, one token per cell.
+
+    ``T = BILINEAR_L(X) W_V``: ``F.interpolate(bilinear, antialias=True)``, so that every pixel
+    reaches some cell (plain bilinear at 14x14 -> 4x4 reads 64 of the 196 pixels), applied as its
+    two separable weight matrices (rows, cols): cells = W_rows X W_cols^T, in any dtype. No learned
+    weights besides W_V.
+    """
+
+    def __init__(
+            self,
+            in_chs: int,
+            token_chs: int,
+            num_tokens: int = 16,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        self.grid = token_grid(num_tokens)
+        self.value = _value_map(in_chs, token_chs, device=device, dtype=dtype)
+
+    def spatial_logits(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N, L, HW) log of the fixed bilinear weights (-inf where a cell reads no pixel): their
+        softmax over HW is the weights themselves, which sum to 1 per cell. ``tokens`` is unused."""
+        rows, cols = self.axis_weights(x)
+        weights = rows[:, None, :, None] * cols[None, :, None, :]  # (grid rows, grid cols, H, W)
+        return weights.reshape(1, self.grid[0] * self.grid[1], -1).log().expand(x.shape[0], -1, -1)
+
+    def axis_weights(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The resize's weights along H (grid rows, H) and along W (grid cols, W)."""
+        return _bilinear_weights(x.shape[-2], self.grid[0], x), _bilinear_weights(x.shape[-1], self.grid[1], x)
+
+    def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        rows, cols = self.axis_weights(x)
+        cells = rows @ x @ cols.t()  # (N, C, grid rows, grid cols)
+        return self.value(cells.flatten(2).transpose(1, 2))
+
+
+FIRST_TOKENIZERS = ('filter', 'clustering', 'pooling')  # first VT module (paper Table 3)
+LATER_TOKENIZERS = ('recurrent', 'filter')  # later VT modules (Table 4: 'filter' = no recurrent tokenizer)
+
+
+def create_tokenizer(
+        kind: str,
+        in_chs: int,
+        token_chs: int,
+        num_tokens: int = 16,
+        device=None,
+        dtype=None,
+) -> nn.Module:
+    """A tokenizer ``(x, tokens=None) -> (N, L, C_T)`` with ``spatial_logits``: 'filter', 'recurrent',
+    'clustering' or 'pooling'."""
+    dd = {'device': device, 'dtype': dtype}
+    if kind == 'filter':
+        return FilterTokenizer(in_chs, token_chs, num_tokens, **dd)
+    if kind == 'recurrent':
+        return RecurrentTokenizer(in_chs, token_chs, **dd)
+    if kind == 'clustering':
+        return ClusteringTokenizer(in_chs, token_chs, num_tokens, **dd)
+    if kind == 'pooling':
+        return PoolingTokenizer(in_chs, token_chs, num_tokens, **dd)
+    raise ValueError(f'tokenizer must be one of {sorted(set(FIRST_TOKENIZERS + LATER_TOKENIZERS))}, got {kind!r}')
 
 
 class TokenTransformer(nn.Module):
@@ -178,11 +349,87 @@ class TokenTransformer(nn.Module):
         """Zero the BN after F2 so the FFN branch starts as the identity (timm's ResNet convention)."""
         nn.init.zeros_(self.ffn_out.bn.weight)
 
+    def attention_weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The L x L weights ``SOFTMAX_L((T K)(T Q)^T / sqrt(d))`` that ``forward`` applies, per head.
+
+        Row i holds token i's weights over the tokens j it reads (rows sum to 1); head h mixes
+        channel slice h of the tokens. Computed by the forward's own ``token_attention`` call with
+        identity values (each head reads back its weight matrix), so the two cannot drift apart.
+
+        Args:
+            tokens: (N, L, C_T) input tokens of this transformer.
+
+        Returns:
+            (N, num_heads, L, L) attention weights.
+        """
+        N, L, _ = tokens.shape
+        identity = torch.eye(L, device=tokens.device, dtype=tokens.dtype).repeat(1, self.num_heads)
+        weights = token_attention(
+            self.key(tokens), self.query(tokens), identity.expand(N, L, -1), self.num_heads, self.fused_attn)
+        return weights.reshape(N, L, self.num_heads, L).transpose(1, 2)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         # row i of (T K)(T Q)^T holds token i's affinities to every token j: T K plays the query role
         attended = token_attention(self.key(tokens), self.query(tokens), tokens, self.num_heads, self.fused_attn)
         tokens = tokens + self.drop_path1(attended)
         return tokens + self.drop_path2(self.ffn_out(self.ffn_act(self.ffn_in(tokens))))
+
+
+class TokenGraphConv(nn.Module):
+    """Graph convolution over the L tokens (GloRe / LatentGNN style), the paper's Table 5 baseline.
+
+    ``T_out = T + BN(ReLU(A_g T W_g))``: a learned, input-independent L x L adjacency A_g mixes the
+    tokens (initialised to the identity), a token-wise W_g (C_T x C_T) mixes channels, ReLU as in
+    GloRe; the closing BN is zero-initialised by ``zero_init_last`` like every residual branch here.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_tokens: int = 16,
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.adjacency = nn.Parameter(torch.eye(num_tokens, **dd))  # A_g
+        self.mix = nn.Linear(dim, dim, bias=False, **dd)  # W_g
+        self.act = nn.ReLU(inplace=True)
+        self.norm = nn.BatchNorm1d(dim, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def zero_init_last(self) -> None:
+        """Zero the closing BN so the graph convolution starts as the identity."""
+        nn.init.zeros_(self.norm.weight)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.mix(self.adjacency @ tokens))
+        return tokens + self.drop_path(self.norm(h.flatten(0, 1)).reshape(h.shape))
+
+
+RELATIONS = ('transformer', 'graphconv', 'none')  # token relation (paper Table 5)
+
+
+def create_relation(
+        kind: str,
+        dim: int,
+        num_tokens: int = 16,
+        qk_dim: int = 256,
+        num_heads: int = 1,
+        drop_path: float = 0.,
+        device=None,
+        dtype=None,
+) -> nn.Module:
+    """The token relation ``(N, L, C_T) -> (N, L, C_T)``: 'transformer', 'graphconv' or 'none' (identity)."""
+    dd = {'device': device, 'dtype': dtype}
+    if kind == 'transformer':
+        return TokenTransformer(dim, qk_dim, num_heads, drop_path, **dd)
+    if kind == 'graphconv':
+        return TokenGraphConv(dim, num_tokens, drop_path, **dd)
+    if kind == 'none':
+        return nn.Identity()
+    raise ValueError(f'relation must be one of {RELATIONS}, got {kind!r}')
 
 
 class Projector(nn.Module):
@@ -226,14 +473,19 @@ class Projector(nn.Module):
 
 
 class VTBlock(nn.Module):
-    """One visual-transformer module: tokenizer -> transformer -> (optional) projector."""
+    """One visual-transformer module: tokenizer -> token relation -> (optional) projector.
+
+    ``tokenizer`` and ``relation`` name the variants of ``create_tokenizer`` / ``create_relation``;
+    the relation keeps the attribute name ``transformer`` whatever its kind ('none': identity).
+    """
 
     def __init__(
             self,
             in_chs: int,
             token_chs: int = 1024,
             num_tokens: int = 16,
-            recurrent: bool = False,
+            tokenizer: str = 'filter',
+            relation: str = 'transformer',
             project: bool = True,
             qk_dim: int = 256,
             num_heads: int = 1,
@@ -243,11 +495,8 @@ class VTBlock(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if recurrent:
-            self.tokenizer = RecurrentTokenizer(in_chs, token_chs, **dd)
-        else:
-            self.tokenizer = FilterTokenizer(in_chs, token_chs, num_tokens, **dd)
-        self.transformer = TokenTransformer(token_chs, qk_dim, num_heads, drop_path, **dd)
+        self.tokenizer = create_tokenizer(tokenizer, in_chs, token_chs, num_tokens, **dd)
+        self.transformer = create_relation(relation, token_chs, num_tokens, qk_dim, num_heads, drop_path, **dd)
         self.projector = Projector(in_chs, token_chs, qk_dim, num_heads, drop_path, **dd) if project else None
 
     def forward(
@@ -264,10 +513,14 @@ class VTBlock(nn.Module):
 
 
 class VTStage(nn.Module):
-    """A chain of VT modules over one feature map: filter tokenizer first, recurrent after.
+    """A chain of VT modules over one feature map: by default filter tokenizer first, recurrent after.
 
     The last module has no projector: its tokens are the stage output and a projected map would
     feed nothing. An optional 1x1 conv + BN + ReLU lifts the input map to the VT width first.
+    The paper's ablations (Tables 3-7) are arguments: ``first_tokenizer`` (FIRST_TOKENIZERS),
+    ``tokenizer`` of the later modules (LATER_TOKENIZERS), ``relation`` (RELATIONS) and
+    ``projector=False``, where every module tokenizes the same (lifted) map and the last module's
+    tokens are still the output.
     """
 
     def __init__(
@@ -279,12 +532,24 @@ class VTStage(nn.Module):
             num_tokens: int = 16,
             qk_dim: int = 256,
             num_heads: int = 1,
+            first_tokenizer: str = 'filter',
+            tokenizer: str = 'recurrent',
+            relation: str = 'transformer',
+            projector: bool = True,
             drop_path_rates: Optional[List[float]] = None,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        if first_tokenizer not in FIRST_TOKENIZERS:
+            raise ValueError(f'first_tokenizer must be one of {FIRST_TOKENIZERS}, got {first_tokenizer!r}')
+        if tokenizer not in LATER_TOKENIZERS:
+            raise ValueError(f'tokenizer must be one of {LATER_TOKENIZERS}, got {tokenizer!r}')
+        if not projector and tokenizer != 'recurrent' and depth > 1:
+            raise ValueError(
+                f"projector=False needs tokenizer='recurrent': with {tokenizer!r} tokenizers the tokens of "
+                f"every module but the last would reach neither the map nor the next module")
         drop_path_rates = drop_path_rates or [0.] * depth
         self.num_tokens = num_tokens
         self.grad_checkpointing = False
@@ -294,8 +559,9 @@ class VTStage(nn.Module):
                 chs,
                 token_chs,
                 num_tokens,
-                recurrent=i > 0,
-                project=i < depth - 1,
+                tokenizer=tokenizer if i > 0 else first_tokenizer,
+                relation=relation,
+                project=projector and i < depth - 1,
                 qk_dim=qk_dim,
                 num_heads=num_heads,
                 drop_path=drop_path_rates[i],
@@ -319,7 +585,8 @@ class VTStage(nn.Module):
 
 def init_vt_weights(module: nn.Module) -> None:
     """Initialise every VT map in ``module``: truncated normal (std .02, as timm's ViT), except the
-    filter tokenizers' W_A, which gets fan-in scale (std 1/sqrt(C)).
+    filter tokenizers' W_A, which gets fan-in scale (std 1/sqrt(C)), and the graph convolutions'
+    adjacency A_g, which starts as the identity.
 
     With W_A at std .02 the spatial logits X W_A would be ~100x below unit scale: every token's
     softmax over the pixels would be uniform, all L tokens the map's mean, and the recurrent
@@ -333,3 +600,5 @@ def init_vt_weights(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, FilterTokenizer):
             nn.init.normal_(m.attn.weight, std=m.attn.in_channels ** -0.5)
+        elif isinstance(m, TokenGraphConv):
+            nn.init.eye_(m.adjacency)

@@ -1,14 +1,20 @@
-"""MACs and parameters of VT-ResNets and ResNets next to the paper's Tables 1, 2 and 8.
+"""MACs and parameters of VT-ResNets and ResNets next to the paper's Tables 1, 2 and 8, and of the
+ablation variants (first tokenizer, recurrent tokenizer, token relation, L, projector) of VT-R18/34
+next to its Tables 3-7.
 
 MACs are multiply-adds counted the way the paper (and fvcore) does: convolutions, linear layers and
 matmul/bmm/attention, nothing else. ``torch.utils.flop_counter`` counts 2 FLOPs per MAC, so its
-total is halved; it gives 1814.1 MMACs for timm's ResNet-18 at 224 px, the paper's 1.814 G.
+total is halved; it gives 1814.1 MMACs for timm's ResNet-18 at 224 px, the paper's 1.814 G. The
+clustering tokenizer's K-means is counted as what it runs: two matmuls per Lloyd step (pixel-centroid
+similarities, HW x C x L, and the one-hot member sums, L x HW x C; argmax and normalisations are not
+multiply-adds and are not counted); the pooling tokenizer's bilinear resize as its two separable
+weight matmuls.
 
     python -m vt_timm.profile [--img-size 224] [--markdown]
 """
 import argparse
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -36,6 +42,33 @@ PAPER_TABLE1: Dict[int, Tuple[float, float, float]] = {
 }
 # the module that is stage 5: ResNet's layer4, VT-ResNet's VT stage (incl. its 1x1 lift)
 STAGE5 = {'ResNet': 'layer4', 'VTResNet': 'vt'}
+
+
+@dataclass
+class Ablation:
+    """One row of the paper's Tables 3-7: the model kwargs that build it and the paper's
+    (MMACs, M params) for VT-R18 and VT-R34."""
+    table: str
+    variant: str
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    paper: Dict[int, Tuple[float, float]] = field(default_factory=dict)
+
+
+PAPER_DEFAULT = {18: PAPER_TABLE2['vt_resnet18'], 34: PAPER_TABLE2['vt_resnet34']}
+PAPER_ABLATIONS: List[Ablation] = [
+    Ablation('T3', 'first tokenizer: pooling', dict(first_tokenizer='pooling'), {18: (1550, 11.0), 34: (3246, 20.6)}),
+    Ablation('T3', 'first tokenizer: clustering', dict(first_tokenizer='clustering'),
+             {18: (1580, 11.6), 34: (3230, 21.8)}),
+    Ablation('T3', 'first tokenizer: filter', {}, PAPER_DEFAULT),
+    Ablation('T4', 'without recurrent tokenizer', dict(tokenizer='filter'), {18: (1564, 11.1), 34: (3369, 20.7)}),
+    Ablation('T5', 'relation: none', dict(relation='none'), {18: (1528, 8.5), 34: (3222, 17.1)}),
+    Ablation('T5', 'relation: graph conv', dict(relation='graphconv'), {18: (1528, 8.5), 34: (3223, 17.1)}),
+    Ablation('T5', 'relation: transformer', {}, PAPER_DEFAULT),
+    Ablation('T6', 'L = 32 tokens', dict(num_tokens=32), {18: (1711, 11.6), 34: (3514, 21.8)}),
+    Ablation('T6', 'L = 64 tokens', dict(num_tokens=64), {18: (1979, 11.6), 34: (3951, 21.8)}),
+    Ablation('T7', 'without projector', dict(projector=False), {18: (1497, 9.3), 34: (3158, 17.3)}),
+]
+ABLATION_DEPTHS = (18, 34)
 
 
 @dataclass
@@ -110,6 +143,34 @@ def ratio_table(profiles: Dict[str, Profile]) -> List[List[str]]:
     return rows
 
 
+def _kwargs_str(kwargs: Dict[str, Any]) -> str:
+    return ', '.join(f'{k}={v!r}' for k, v in kwargs.items()) or '(default)'
+
+
+def ablation_table(img_size: int = 224) -> List[List[str]]:
+    """Every Table 3-7 row for VT-R18 and VT-R34: ours next to the paper's, and the change from the
+    default model (ours) / from the paper's Table 2 row (paper)."""
+    rows = [['model', 'table', 'variant', 'model kwargs', 'MMACs', 'paper', 'dev', 'Δ', 'paper Δ',
+             'M params', 'paper', 'dev', 'Δ', 'paper Δ']]
+    for depth in ABLATION_DEPTHS:
+        name = f'vt_resnet{depth}'
+        default = profile_model(name, img_size)
+        base_macs, base_params = default.macs / 1e6, default.params / 1e6
+        paper_base_macs, paper_base_params = PAPER_DEFAULT[depth]
+        for ablation in PAPER_ABLATIONS:
+            p = profile_model(name, img_size, **ablation.kwargs) if ablation.kwargs else default
+            mmacs, mparams = p.macs / 1e6, p.params / 1e6
+            paper_macs, paper_params = ablation.paper[depth]
+            rows.append([
+                name, ablation.table, ablation.variant, _kwargs_str(ablation.kwargs),
+                f'{mmacs:.1f}', f'{paper_macs:g}', deviation(mmacs, paper_macs),
+                f'{mmacs - base_macs:+.1f}', f'{paper_macs - paper_base_macs:+g}',
+                f'{mparams:.2f}', f'{paper_params:g}', deviation(mparams, paper_params),
+                f'{mparams - base_params:+.2f}', f'{paper_params - paper_base_params:+.1f}',
+            ])
+    return rows
+
+
 def format_table(rows: List[List[str]], markdown: bool = False) -> str:
     if markdown:
         lines = ['| ' + ' | '.join(r) + ' |' for r in rows]
@@ -132,6 +193,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(format_table(model_table(list(profiles.values())), args.markdown))
     print('\nResNet / VT-ResNet ratios next to the paper\'s Table 1 (stage 5 = ResNet layer4 vs the VT stage)\n')
     print(format_table(ratio_table(profiles), args.markdown))
+    print('\nAblation variants of VT-R18/34 next to the paper\'s Tables 3-7 (create_model kwargs); '
+          'Δ = change from our default model, paper Δ = change from the paper\'s Table 2 row. '
+          'Clustering counts its K-means (2 matmuls per Lloyd step, 3 steps), pooling its resize (2 matmuls)\n')
+    print(format_table(ablation_table(args.img_size), args.markdown))
 
 
 if __name__ == '__main__':

@@ -59,6 +59,10 @@ class VTResNet(nn.Module):
             num_tokens: int = 16,
             qk_dim: int = 256,
             num_heads: int = 1,
+            first_tokenizer: str = 'filter',
+            tokenizer: str = 'recurrent',
+            relation: str = 'transformer',
+            projector: bool = True,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             zero_init_last: bool = True,
@@ -78,6 +82,12 @@ class VTResNet(nn.Module):
             num_tokens: number of visual tokens L.
             qk_dim: width of the attention keys/queries in transformer and projector.
             num_heads: attention heads of transformer and projector.
+            first_tokenizer: tokenizer of the first VT module: 'filter' (paper), 'clustering' or
+                'pooling' (the paper's Table 3 ablation).
+            tokenizer: tokenizer of the later VT modules: 'recurrent' (paper) or 'filter' (Table 4).
+            relation: token relation: 'transformer' (paper), 'graphconv' or 'none' (Table 5).
+            projector: False removes every projector (Table 7); each module then tokenizes the same
+                map and the last module's tokens still feed the head (needs tokenizer='recurrent').
             drop_rate: dropout before the classifier.
             drop_path_rate: stochastic depth, linearly increasing over all residual blocks,
                 ResNet blocks and VT modules alike.
@@ -125,6 +135,10 @@ class VTResNet(nn.Module):
             num_tokens=num_tokens,
             qk_dim=qk_dim,
             num_heads=num_heads,
+            first_tokenizer=first_tokenizer,
+            tokenizer=tokenizer,
+            relation=relation,
+            projector=projector,
             drop_path_rates=block_dprs[sum(layers):],
             **dd,
         )
