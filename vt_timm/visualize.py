@@ -1,0 +1,506 @@
+"""Where visual tokens look (the paper's Fig. 6-7): per-token spatial attention maps of any VT model.
+
+    python -m vt_timm.visualize --model vt_resnet18 --image photo.jpg --out tokens.png
+    python -m vt_timm.visualize -c output/quickstart/args.yaml --checkpoint output/quickstart/model_best.pth.tar \\
+        --image shoe.png --out tokens.png --module all --img-size 128
+
+For every VT module (``VTBlock``, found by type) the tokenizer's spatial attention
+``A = SOFTMAX_HW(logits)`` gives one H x W probability map per token: which pixels the token
+averages. The second row is the paper's ``A^_{.,l} = sum_l' W_{l,l'} A_{.,l'}`` with W the
+relation's L x L attention (averaged over heads): which pixels token l reads once the transformer
+has mixed the tokens. A relation without L x L attention gets no second row. The command writes a
+PNG (image, then one overlaid heat map per token, rows per module) and prints the attention
+entropy ``-sum A log A`` of every token against the uniform ``ln(HW)``.
+"""
+import argparse
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from .layers import VTBlock
+
+__all__ = [
+    'ModuleAttention', 'TokenAttention', 'vt_blocks', 'create_vt_model', 'load_weights', 'resolve_image_config',
+    'load_image', 'token_attention_maps', 'attention_entropy', 'entropy_table', 'plot_token_attention', 'main',
+]
+
+ImageInput = Union[str, Path, Image.Image, torch.Tensor]
+
+
+@dataclass
+class ModuleAttention:
+    """Token attention of one VT module.
+
+    Attributes:
+        index: position among the model's VT modules (0 = first).
+        name: the module's name in the model, e.g. ``vt.blocks.0``.
+        tokenizer: class name of its tokenizer; relation: of its relation (transformer).
+        attention: (L, H, W) tokenizer attention A; each token's map is a distribution over the H x W map.
+        weights: (L, L) relation attention W (rows sum to 1, mean over heads), or None.
+        propagated: (L, H, W) ``W @ A``, or None where the relation has no L x L attention.
+        note: why ``propagated`` is None.
+    """
+    index: int
+    name: str
+    tokenizer: str
+    relation: str
+    attention: torch.Tensor
+    weights: Optional[torch.Tensor] = None
+    propagated: Optional[torch.Tensor] = None
+    note: str = ''
+
+
+@dataclass
+class TokenAttention:
+    """Token attention of one image: the model input, a displayable copy and the per-module maps."""
+    input: torch.Tensor  # (C, H, W) as the model saw it (preprocessed)
+    display: np.ndarray  # (H, W, 3) in [0, 1]: the input, de-normalised
+    data_config: Dict[str, Any]
+    modules: List[ModuleAttention] = field(default_factory=list)
+
+
+def vt_blocks(model: nn.Module) -> List[Tuple[str, VTBlock]]:
+    """The model's VT modules in forward order, found by type (any name, any nesting)."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, VTBlock)]
+
+
+def _relation(block: nn.Module) -> Optional[nn.Module]:
+    """The module relating the tokens (``transformer``, or ``relation`` in variants), if any."""
+    for attr in ('transformer', 'relation'):
+        module = getattr(block, attr, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
+def _model_name(model: nn.Module) -> str:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    return cfg.get('architecture') or type(model).__name__
+
+
+def _checkpoint_shapes_hint(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> str:
+    """'(the file has in_chans=1, num_classes=10)' from the stem conv and classifier shapes, if present."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    hints = []
+    first_conv, classifier = cfg.get('first_conv'), cfg.get('classifier')
+    if isinstance(first_conv, str) and getattr(state_dict.get(f'{first_conv}.weight'), 'ndim', 0) == 4:
+        hints.append(f'in_chans={state_dict[f"{first_conv}.weight"].shape[1]}')
+    if isinstance(classifier, str) and getattr(state_dict.get(f'{classifier}.weight'), 'ndim', 0) == 2:
+        hints.append(f'num_classes={state_dict[f"{classifier}.weight"].shape[0]}')
+    return f' (the file has {", ".join(hints)}: pass them as model kwargs)' if hints else ''
+
+
+def load_weights(model: nn.Module, checkpoint: Union[str, Path], use_ema: bool = False) -> nn.Module:
+    """Load a train.py checkpoint, a state dict or a ``.safetensors`` file into ``model``, safely.
+
+    ``torch.load(weights_only=True)`` (no pickled code runs) or safetensors, through timm's
+    ``load_state_dict``; the keys must match exactly. Errors name the file.
+    """
+    from timm.models import load_state_dict
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint {path}: no such file')
+    try:
+        state_dict = load_state_dict(str(path), use_ema=use_ema, weights_only=True)
+    except Exception as e:  # garbage, truncated, or a pickle that needs code to load
+        raise ValueError(f'checkpoint {path} cannot be read as weights (torch.load weights_only=True, or '
+                         f'safetensors): {type(e).__name__}: {e}') from e
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f'checkpoint {path}: expected a state dict of tensors (or a train.py checkpoint)')
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f'checkpoint {path} does not fit {_model_name(model)} (in_chans='
+                         f'{getattr(model, "in_chans", "?")}, num_classes={getattr(model, "num_classes", "?")})'
+                         f'{_checkpoint_shapes_hint(model, state_dict)}: {e}') from e
+    return model
+
+
+def create_vt_model(
+        model_name: str,
+        checkpoint: Optional[Union[str, Path]] = None,
+        use_ema: bool = False,
+        **model_kwargs: Any,
+) -> nn.Module:
+    """``timm.create_model(model_name, **model_kwargs)`` (VT variants included), weights from
+    ``checkpoint`` if given, in eval mode. Raises ValueError for an unknown or non-VT model."""
+    import timm
+
+    if model_name not in timm.list_models() and not model_name.startswith(('hf-hub:', 'local-dir:')):
+        raise ValueError(f'model {model_name}: unknown model (VT models: {", ".join(timm.list_models("vt_*"))})')
+    model = timm.create_model(model_name, **model_kwargs)
+    if not vt_blocks(model):
+        raise ValueError(f'model {model_name} has no VT modules (vt_timm.layers.VTBlock): token attention '
+                         f'needs a VT model, e.g. {", ".join(timm.list_models("vt_*"))}')
+    if checkpoint:
+        load_weights(model, checkpoint, use_ema=use_ema)
+    return model.eval()
+
+
+def resolve_image_config(
+        model: nn.Module,
+        img_size: Optional[int] = None,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        crop_pct: Optional[float] = None,
+        interpolation: Optional[str] = None,
+) -> Dict[str, Any]:
+    """timm's ``resolve_data_config`` for ``model``, with the channel count made the model's own.
+
+    timm keeps the pretrained cfg's 3-channel input size and mean/std for a model built with
+    ``in_chans=1``; here the input gets the model's channels, and a 3-value mean/std becomes its
+    average for a 1-channel model (a grey image's statistics).
+    """
+    from timm.data import resolve_data_config
+
+    cfg_chans = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size', (3,))[0]
+    in_chans = getattr(model, 'in_chans', None) or cfg_chans
+    args = dict(in_chans=in_chans, img_size=img_size, mean=mean, std=std, crop_pct=crop_pct,
+                interpolation=interpolation)
+    config = resolve_data_config({k: v for k, v in args.items() if v}, model=model)
+    config['input_size'] = (in_chans, *config['input_size'][1:])
+    for key in ('mean', 'std'):
+        values = tuple(config[key])
+        if len(values) != in_chans:
+            values = (sum(values) / len(values),) * in_chans if in_chans == 1 else (values * in_chans)[:in_chans]
+        config[key] = values
+    return config
+
+
+def load_image(path: Union[str, Path], in_chans: int = 3) -> Image.Image:
+    """An image file in any format PIL reads, as 'L' (1 channel) or 'RGB' (3 channels)."""
+    from PIL import UnidentifiedImageError
+
+    path = Path(path)
+    if in_chans not in (1, 3):
+        raise ValueError(f'image {path}: a model with in_chans={in_chans} cannot take an image file (1 or 3 channels)')
+    if not path.is_file():
+        raise FileNotFoundError(f'image {path}: no such file')
+    try:
+        with Image.open(path) as image:
+            image.seek(0)  # first frame of an animation / multi-page file
+            if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):  # 16/32-bit grey: scale to 8 bit
+                array = np.asarray(image, dtype=np.float64)
+                image = Image.fromarray((255 * array / max(array.max(), 1)).astype(np.uint8))
+            return image.convert('L' if in_chans == 1 else 'RGB')
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f'image {path}: not an image PIL can read: {e}') from e
+
+
+def _display_image(input: torch.Tensor, config: Dict[str, Any]) -> np.ndarray:
+    """(C, H, W) normalised input -> (H, W, 3) in [0, 1]; grey (first channel) beyond 1 or 3 channels."""
+    mean = torch.tensor(config['mean'], dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(config['std'], dtype=torch.float32).view(-1, 1, 1)
+    image = (input.float().cpu() * std + mean).clamp(0, 1)
+    if image.shape[0] != 3:
+        image = image[:1].expand(3, -1, -1)
+    return image.permute(1, 2, 0).numpy()
+
+
+def _parse_modules(modules: Optional[Union[int, str, Sequence[int]]], count: int) -> List[int]:
+    if modules is None or modules == 'all':
+        return list(range(count))
+    indices = [modules] if isinstance(modules, int) else list(modules)
+    bad = [i for i in indices if not isinstance(i, int) or not -count <= i < count]
+    if bad:
+        raise ValueError(f'module {bad[0]}: the model has {count} VT modules (0..{count - 1}, or all)')
+    return sorted({i % count for i in indices})
+
+
+@torch.no_grad()
+def token_attention_maps(
+        model: Union[str, nn.Module],
+        image: ImageInput,
+        checkpoint: Optional[Union[str, Path]] = None,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+        modules: Optional[Union[int, str, Sequence[int]]] = None,
+        img_size: Optional[int] = None,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        crop_pct: Optional[float] = None,
+        use_ema: bool = False,
+) -> TokenAttention:
+    """Per VT module: the tokenizer's attention A (L, H, W) and the propagated attention W @ A.
+
+    Args:
+        model: a timm model name (built with ``model_kwargs``, weights from ``checkpoint``) or a
+            model object (``checkpoint``, if given, is loaded into it). Any model with VT modules.
+        image: an image file (any size/format PIL reads), a PIL image, or an already preprocessed
+            tensor (C, H, W) / (1, C, H, W).
+        modules: VT module index, list of indices, or None / 'all'.
+        img_size, mean, std, crop_pct: overrides of timm's data config for the model.
+
+    Hooks on the tokenizers and relations capture their inputs during one eval-mode forward pass;
+    the model's train/eval mode is restored afterwards.
+    """
+    from timm.data import create_transform
+
+    if isinstance(model, str):
+        model = create_vt_model(model, checkpoint, use_ema=use_ema, **(model_kwargs or {}))
+    elif checkpoint:
+        load_weights(model, checkpoint, use_ema=use_ema)
+    blocks = vt_blocks(model)
+    if not blocks:
+        raise ValueError(f'{_model_name(model)} has no VT modules (vt_timm.layers.VTBlock): nothing to visualise')
+    selected = _parse_modules(modules, len(blocks))
+
+    config = resolve_image_config(model, img_size=img_size, mean=mean, std=std, crop_pct=crop_pct)
+    if isinstance(image, torch.Tensor):
+        input = image[0] if image.ndim == 4 else image
+        if input.ndim != 3 or image.ndim == 4 and image.shape[0] != 1:
+            raise ValueError(f'image tensor: expected (C, H, W) or (1, C, H, W), got {tuple(image.shape)}')
+    else:
+        if not isinstance(image, Image.Image):
+            image = load_image(image, config['input_size'][0])
+        input = create_transform(**config)(image)
+    param = next(model.parameters(), None)
+    batch = input[None].to(device=param.device if param is not None else 'cpu',
+                           dtype=param.dtype if param is not None and param.is_floating_point() else torch.float32)
+
+    captured: Dict[int, Dict[str, torch.Tensor]] = {i: {} for i in selected}
+    handles = []
+
+    def tokenizer_hook(index, module, args, kwargs):
+        x = args[0] if args else kwargs['x']
+        logits = module.spatial_logits(*args, **kwargs)  # (N, L, HW); computed before anything can touch x
+        captured[index]['attention'] = logits.float().softmax(dim=-1).reshape(*logits.shape[:2], *x.shape[-2:])
+
+    def relation_hook(index, module, args, kwargs):
+        tokens = args[0] if args else kwargs['tokens']
+        captured[index]['weights'] = module.attention_weights(tokens).float()  # (N, heads, L, L)
+
+    results = []
+    try:
+        for i in selected:
+            name, block = blocks[i]
+            tokenizer = getattr(block, 'tokenizer', None)
+            if tokenizer is None or not hasattr(tokenizer, 'spatial_logits'):
+                raise ValueError(f'{name}: its tokenizer {type(tokenizer).__name__} has no spatial_logits(x, tokens)')
+            handles.append(tokenizer.register_forward_pre_hook(
+                lambda m, a, k, i=i: tokenizer_hook(i, m, a, k), with_kwargs=True))
+            relation = _relation(block)
+            if relation is not None and hasattr(relation, 'attention_weights'):
+                handles.append(relation.register_forward_pre_hook(
+                    lambda m, a, k, i=i: relation_hook(i, m, a, k), with_kwargs=True))
+        was_training = model.training
+        model.eval()
+        try:
+            model(batch)
+        finally:
+            model.train(was_training)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    for i in selected:
+        name, block = blocks[i]
+        relation = _relation(block)
+        relation_name = type(relation).__name__ if relation is not None else 'none'
+        if 'attention' not in captured[i]:
+            raise RuntimeError(f'{name}: its tokenizer did not run in the forward pass')
+        attention = captured[i]['attention'][0].cpu()
+        result = ModuleAttention(i, name, type(block.tokenizer).__name__, relation_name, attention)
+        if 'weights' in captured[i]:
+            weights = captured[i]['weights'][0].mean(dim=0).cpu()  # mean over heads: rows still sum to 1
+            result.weights = weights
+            result.propagated = (weights @ attention.flatten(1)).reshape(attention.shape)
+        else:
+            result.note = f'relation {relation_name} has no L x L attention: no propagated row'
+        results.append(result)
+    return TokenAttention(input.cpu(), _display_image(input, config), config, results)
+
+
+def attention_entropy(maps: torch.Tensor) -> torch.Tensor:
+    """``-sum_p A_p log A_p`` of each map in (L, H, W) (or (L, HW)) -> (L,), in nats (0 log 0 = 0)."""
+    p = maps.flatten(1).double()
+    return -torch.special.xlogy(p, p).sum(dim=1)
+
+
+def entropy_table(result: TokenAttention) -> str:
+    """A Markdown table per module: each token's attention entropy H, the uniform ln(HW) and H / ln(HW)."""
+    lines = []
+    for m in result.modules:
+        L, H, W = m.attention.shape
+        uniform = math.log(H * W)
+        columns = [('A', attention_entropy(m.attention))]
+        if m.propagated is not None:
+            columns.append(('W A', attention_entropy(m.propagated)))
+        lines.append(f'module {m.index} ({m.name}: {m.tokenizer}, {m.relation}), {L} tokens on a {H}x{W} map, '
+                     f'uniform ln(HW) = {uniform:.3f}' + (f'; {m.note}' if m.note else ''))
+        lines.append('| token | ' + ' | '.join(f'H({c}) | H({c})/ln(HW)' for c, _ in columns) + ' |')
+        lines.append('|---|' + '---|---|' * len(columns))
+        for token in range(L):
+            cells = ' | '.join(f'{e[token].item():.3f} | {e[token].item() / uniform:.3f}' for _, e in columns)
+            lines.append(f'| {token} | {cells} |')
+        cells = ' | '.join(f'{e.mean().item():.3f} | {e.mean().item() / uniform:.3f}' for _, e in columns)
+        lines.append(f'| mean | {cells} |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def _atomic_save(image: Image.Image, out: Path) -> None:
+    """Write to a temporary file beside ``out`` and rename: readers never see a partial PNG."""
+    partial = out.with_name(f'.{out.name}.{os.getpid()}.partial')
+    try:
+        image.save(partial, format='PNG', optimize=True)
+        os.replace(partial, out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def plot_token_attention(
+        result: TokenAttention,
+        out_png: Union[str, Path],
+        cell_px: int = 96,
+        colors: Optional[int] = None,
+) -> Path:
+    """Write the token attention figure as a PNG of exactly ``(1 + L) * cell_px`` x ``rows * cell_px`` pixels.
+
+    One row per VT module with the tokenizer attention A, followed by a row with the propagated
+    attention W A where the relation has one. Column 0 is the input image; column 1 + l overlays
+    token l's map (bilinearly upsampled to the cell) on the grey image in jet colours from 0 to the
+    map's maximum or twice the uniform 1/HW, whichever is larger (so a uniform map is a flat
+    blue-green, not a saturated red), labelled ``l: H/ln(HW)``. ``colors`` quantises the PNG to that
+    many colours (smaller files). Written to a temporary file and renamed.
+    """
+    from matplotlib import colormaps
+    from PIL import ImageDraw, ImageFont
+
+    out = Path(out_png)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f'out {out}: no such directory {out.parent}')
+    rows = []
+    for m in result.modules:
+        rows.append((f'module {m.index}: A', m.attention))
+        if m.propagated is not None:
+            rows.append((f'module {m.index}: W A', m.propagated))
+    num_tokens = max(maps.shape[0] for _, maps in rows)
+    image = Image.fromarray((result.display * 255).round().astype(np.uint8)).resize(
+        (cell_px, cell_px), Image.Resampling.BILINEAR, reducing_gap=None)
+    photo = np.asarray(image, dtype=np.float32) / 255
+    grey = photo.mean(axis=2, keepdims=True)
+    jet = colormaps['jet']
+    canvas = np.ones((len(rows) * cell_px, (1 + num_tokens) * cell_px, 3), dtype=np.float32)
+    labels = []
+    for r, (label, maps) in enumerate(rows):
+        top = r * cell_px
+        canvas[top:top + cell_px, :cell_px] = photo
+        labels.append(((2, top + 1), label))
+        up = F.interpolate(maps[:, None].float(), size=(cell_px, cell_px), mode='bilinear', align_corners=False)[:, 0]
+        uniform = 1 / (maps.shape[1] * maps.shape[2])  # the density of uniform attention
+        entropy = attention_entropy(maps) / -math.log(uniform)
+        for token in range(maps.shape[0]):
+            heat = up[token].numpy()
+            heat = jet(heat / max(float(heat.max()), 2 * uniform))[..., :3]
+            left = (1 + token) * cell_px
+            canvas[top:top + cell_px, left:left + cell_px] = .5 * grey + .5 * heat
+            labels.append(((left + 2, top + 1), f'{token}: {entropy[token].item():.2f}'))
+    canvas[:, ::cell_px] = 1  # 1-px white lines between the cells
+    canvas[::cell_px] = 1
+    png = Image.fromarray((canvas.clip(0, 1) * 255).round().astype(np.uint8))
+    draw = ImageDraw.Draw(png)
+    font = ImageFont.load_default(size=max(8, cell_px // 8))
+    for xy, text in labels:
+        box = draw.textbbox(xy, text, font=font)
+        draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), fill=(0, 0, 0))
+        draw.text(xy, text, fill=(255, 255, 255), font=font)
+    if colors:
+        png = png.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    _atomic_save(png, out)
+    return out
+
+
+def _parse_module(value: str) -> Union[int, str]:
+    if value == 'all':
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{value!r}: expected a VT module index or all') from None
+
+
+config_parser = argparse.ArgumentParser(add_help=False)
+config_parser.add_argument('-c', '--config', default='', metavar='FILE',
+                           help='a run\'s args.yaml (or train.py recipe): model, num_classes, in_chans, img_size, '
+                                'mean, std, crop_pct, model_kwargs')
+
+
+def create_parser() -> argparse.ArgumentParser:
+    from timm.utils import ParseKwargs
+
+    parser = argparse.ArgumentParser(
+        description='Per-token spatial attention of a VT model on one image, as a PNG and an entropy table.',
+        parents=[config_parser])
+    parser.add_argument('--model', '-m', default='vt_resnet18', metavar='NAME', help='timm model name')
+    parser.add_argument('--checkpoint', default='', metavar='FILE',
+                        help='weights: train.py checkpoint, state dict (weights_only) or .safetensors')
+    parser.add_argument('--use-ema', action='store_true', default=False, help='the checkpoint\'s EMA weights')
+    parser.add_argument('--num-classes', type=int, default=None)
+    parser.add_argument('--in-chans', type=int, default=None)
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+                        help='constructor keywords, e.g. num_tokens=8 num_heads=4')
+    parser.add_argument('--image', required=True, metavar='FILE', help='image file (any format PIL reads)')
+    parser.add_argument('--out', default='tokens.png', metavar='FILE', help='PNG to write (default tokens.png)')
+    parser.add_argument('--module', default='all', type=_parse_module, metavar='N|all',
+                        help='VT module index, or all (default)')
+    parser.add_argument('--img-size', type=int, default=None, metavar='N', help='input size (default: the model\'s)')
+    parser.add_argument('--mean', type=float, nargs='+', default=None)
+    parser.add_argument('--std', type=float, nargs='+', default=None)
+    parser.add_argument('--crop-pct', type=float, default=None)
+    parser.add_argument('--cell-px', type=int, default=96, metavar='N', help='pixels per heat map (default 96)')
+    parser.add_argument('--colors', type=int, default=None, metavar='N',
+                        help='quantise the PNG to N colours (smaller file)')
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Defaults from ``-c FILE.yaml`` (keys that are this command's dest names), then the command line."""
+    from .script_args import load_config
+
+    config_args, remaining = config_parser.parse_known_args(argv)
+    parser = create_parser()
+    if config_args.config:
+        known = {action.dest for action in parser._actions} - {'config', 'image', 'out', 'checkpoint', 'module'}
+        parser.set_defaults(**{k: v for k, v in load_config(config_args.config).items() if k in known})
+    args = parser.parse_args(remaining)
+    args.config = config_args.config
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> TokenAttention:
+    args = parse_args(argv)
+    for flag, path in (('--image', args.image), ('--checkpoint', args.checkpoint)):
+        if path and not os.path.isfile(path):
+            raise SystemExit(f'{flag} {path}: no such file')
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise SystemExit(f'--out {out}: no such directory {out.parent}')
+    kwargs = dict(args.model_kwargs or {})
+    for key in ('num_classes', 'in_chans'):
+        if getattr(args, key) is not None:
+            kwargs.setdefault(key, getattr(args, key))
+    try:
+        model = create_vt_model(args.model, args.checkpoint or None, use_ema=args.use_ema, **kwargs)
+        result = token_attention_maps(
+            model, args.image, modules=args.module, img_size=args.img_size, mean=args.mean, std=args.std,
+            crop_pct=args.crop_pct)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f'error: {e}') from e
+    print(f'{args.model} on {args.image} ({"x".join(map(str, result.input.shape))} input)')
+    print(entropy_table(result))
+    print(plot_token_attention(result, out, cell_px=args.cell_px, colors=args.colors))
+    return result
+
+
+if __name__ == '__main__':
+    main()
