@@ -1,0 +1,51 @@
+"""benchmark.py: its rows, the --compare ratios, the exact CPU memory count, results files and bad input."""
+import json
+
+import pytest
+import torch
+
+import benchmark
+
+FAST = ['-b', '2', '--img-size', '64', '--num-warm-iter', '1', '--num-bench-iter', '2', '--threads', '1']
+
+
+def test_compare_rows_and_ratios(tmp_path):
+    results = tmp_path / 'r.json'
+    rows = benchmark.main(['--compare', '--model-list', 'vt_resnet18', '--bench', 'both', *FAST,
+                           '--results-file', str(results)])
+    assert json.loads(results.read_text()) == rows
+    by_key = {(r['model'], r['bench']): r for r in rows}
+    for bench in ('infer', 'train'):
+        vt, resnet = by_key['vt_resnet18', bench], by_key['resnet18', bench]
+        ratio = by_key['vt_resnet18 / resnet18', bench]
+        assert ratio['throughput_ratio'] == pytest.approx(vt['img_per_sec'] / resnet['img_per_sec'], rel=2e-2)
+        assert ratio['mac_ratio'] == pytest.approx(resnet['gmacs'] / vt['gmacs'], rel=2e-2)
+        assert vt['img_per_sec'] == pytest.approx(2 / (vt['step_ms'] / 1e3), rel=2e-2)
+    assert by_key['vt_resnet18', 'train']['mparams'] == 11.69
+
+
+def test_cpu_training_memory_is_counted_exactly():
+    """Weights + grads + SGD momentum + the tensors autograd saves: checked on a model small enough to
+    count by hand (a 3x3 conv then a linear head)."""
+    args = benchmark.create_parser().parse_args(['--model', 'resnet18', *FAST, '--opt', 'momentum'])
+    bench = benchmark.Bench('resnet18', 'train', args)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.Flatten(), torch.nn.Linear(4 * 62 * 62, 10))
+    bench.model = bench.forward = model
+    bench.optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    bench.input, bench.target = torch.randn(2, 3, 64, 64), torch.zeros(2, dtype=torch.long)
+    bench.measure_memory()
+    params = sum(p.numel() for p in model.parameters())
+    # saved float32: conv input (2x3x64x64), linear input (2x4x62x62, a view of the conv output),
+    # log-softmax output (2x10), nll_loss's total weight (1); int64: the targets (2)
+    saved = 4 * (2 * 3 * 64 * 64 + 2 * 4 * 62 * 62 + 2 * 10 + 1) + 8 * 2
+    assert bench.peak_bytes == 4 * 3 * params + saved
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--model', 'no_such_model'], 'unknown models'),
+    (['--compare', '--model', 'resnet18'], 'pairs vt_resnetN with resnetN'),
+    (['--results-file', 'r.txt'], 'expected a .csv or .json'),
+])
+def test_bad_input(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        benchmark.main(argv)
