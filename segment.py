@@ -43,7 +43,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import CheckpointSaver, ParseKwargs, random_seed, setup_default_logging, update_summary
 
 from vt_timm.data import prepare_fashion_mnist
-from vt_timm.script_args import load_config
+from vt_timm.script_args import parse_args_with_config
 from vt_timm.segmentation import HEADS, create_segmentation_model
 
 _logger = logging.getLogger('segment')
@@ -314,15 +314,7 @@ def create_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, str]:
     """Defaults from ``-c FILE.yaml`` (dest names), then the command line; returns (args, args as YAML)."""
-    args_config, remaining = config_parser.parse_known_args(argv)
-    parser = create_parser()
-    if args_config.config:
-        cfg = load_config(args_config.config)
-        unknown = sorted(set(cfg) - {action.dest for action in parser._actions})
-        if unknown:
-            parser.error(f'{args_config.config}: unknown keys {unknown} (keys are flag dest names, e.g. batch_size)')
-        parser.set_defaults(**cfg)
-    args = parser.parse_args(remaining)
+    args, _ = parse_args_with_config(config_parser, create_parser, argv)
     return args, yaml.safe_dump(vars(args), default_flow_style=False)
 
 

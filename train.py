@@ -33,7 +33,7 @@ from timm.utils import (
 import vt_timm  # noqa: F401  registers the VT-ResNets
 from vt_timm.data import create_dataset
 from vt_timm.plot import plot_summary
-from vt_timm.script_args import check_inputs, load_config
+from vt_timm.script_args import check_inputs, parse_args_with_config
 
 _logger = logging.getLogger('train')
 
@@ -144,18 +144,10 @@ def create_parser() -> argparse.ArgumentParser:
 
     return parser
 
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, str]:
     """Defaults from ``-c FILE.yaml`` (dest names), then the command line; returns (args, args as YAML)."""
-    args_config, remaining = config_parser.parse_known_args(argv)
-    parser = create_parser()
-    if args_config.config:
-        cfg = load_config(args_config.config)
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            parser.error(f'{args_config.config}: unknown keys {unknown} (keys are flag dest names, e.g. batch_size)')
-        parser.set_defaults(**cfg)
-    args = parser.parse_args(remaining)
+    args, _ = parse_args_with_config(config_parser, create_parser, argv)
     return args, yaml.safe_dump(vars(args), default_flow_style=False)
 
 

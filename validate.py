@@ -16,16 +16,14 @@ import json
 import logging
 from typing import Dict, Optional, Sequence
 
-import timm
 import torch
 from timm.data import create_loader, resolve_data_config
-from timm.models import load_checkpoint
 from timm.task import ClassificationEvaluator
 from timm.utils import ParseKwargs, setup_default_logging
 
 import vt_timm  # noqa: F401  registers the VT-ResNets
 from vt_timm.data import create_dataset
-from vt_timm.script_args import check_inputs, load_config
+from vt_timm.script_args import check_inputs, create_model_from_checkpoint, parse_args_with_config
 
 _logger = logging.getLogger('validate')
 
@@ -74,14 +72,9 @@ def create_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Defaults from ``-c FILE.yaml`` (the keys validate.py shares with train.py), then the command line."""
-    config_args, remaining = config_parser.parse_known_args(argv)
-    parser = create_parser()
-    if config_args.config:
-        known = {action.dest for action in parser._actions}
-        shared = {TRAIN_TO_VALIDATE_DESTS.get(k, k): v for k, v in load_config(config_args.config).items()}
-        parser.set_defaults(**{k: v for k, v in shared.items() if k in known and k != 'config'})
-    return parser.parse_args(remaining)
-
+    args, _ = parse_args_with_config(
+        config_parser, create_parser, argv, strict=False, rename=TRAIN_TO_VALIDATE_DESTS, ignore=('config',))
+    return args
 
 def check_args(args: argparse.Namespace) -> None:
     check_inputs(args, ('checkpoint', 'class_map'))
@@ -106,15 +99,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     device = torch.device(args.device)
 
     in_chans = args.input_size[0] if args.input_size else args.in_chans
-    model = timm.create_model(
-        args.model, pretrained=args.pretrained, num_classes=args.num_classes,
-        **({'in_chans': in_chans} if in_chans else {}), **args.model_kwargs)
-    if args.checkpoint:
-        try:
-            load_checkpoint(model, args.checkpoint, use_ema=args.use_ema)
-        except Exception as e:  # truncated/garbage file, wrong architecture, wrong head size
-            raise SystemExit(f'--checkpoint {args.checkpoint} does not fit {args.model} '
-                             f'(num_classes={model.num_classes}, in_chans={model.in_chans}): {e}') from e
+    model = create_model_from_checkpoint(
+        args.model, args.checkpoint, args.use_ema, args.num_classes, in_chans, args.model_kwargs, args.pretrained)
     model = model.to(device).eval()
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

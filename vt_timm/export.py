@@ -32,8 +32,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
-from timm.models import load_checkpoint
 from timm.utils.onnx import onnx_export, onnx_forward
+
+from .script_args import create_model_from_checkpoint
 
 FORMATS = ('onnx', 'torchscript')
 # torch's exporter writes opset 18 and later; it would convert down, but fails to on VT-ResNets and
@@ -182,15 +183,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 def create_model(args: argparse.Namespace) -> nn.Module:
     """The model named by ``args`` in eval mode, with the checkpoint's weights if one is given."""
-    model = timm.create_model(
-        args.model, num_classes=args.num_classes, **({'in_chans': args.in_chans} if args.in_chans else {}))
-    if args.checkpoint:
-        try:
-            load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, weights_only=True)
-        except Exception as e:  # truncated/garbage file, wrong architecture, wrong head size
-            raise SystemExit(f'--checkpoint {args.checkpoint} does not load into {args.model} '
-                             f'(num_classes={model.num_classes}, in_chans={model.in_chans}): {e}') from e
-    return model.eval()
+    return create_model_from_checkpoint(args.model, args.checkpoint, args.use_ema, args.num_classes,
+                                        args.in_chans).eval()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[Tuple[int, int], float]:

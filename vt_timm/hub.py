@@ -21,11 +21,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import timm
 import torch
 from safetensors import safe_open
-from timm.models import load_checkpoint
 from timm.models._hub import generate_readme, save_for_hf
 
 from .profile import profile_model
-from .script_args import load_config
+from .script_args import create_model_from_checkpoint, load_config
 
 HUB_FILES = ('config.json', 'model.safetensors', 'README.md')
 CITATION = """@inproceedings{wu2021visual,
@@ -48,15 +47,8 @@ def load_trained_model(checkpoint: Path, run_args: Dict[str, Any], use_ema: bool
         if 'state_dict_ema' not in keys:
             raise SystemExit(f'--use-ema: {checkpoint} holds no EMA weights (keys: {sorted(keys)})')
     in_chans = run_args['input_size'][0] if run_args.get('input_size') else run_args.get('in_chans')
-    model = timm.create_model(
-        run_args['model'], num_classes=run_args.get('num_classes'), **({'in_chans': in_chans} if in_chans else {}),
-        **(run_args.get('model_kwargs') or {}))
-    try:
-        load_checkpoint(model, str(checkpoint), use_ema=use_ema)
-    except Exception as e:  # truncated or tampered file, other architecture, other head size
-        raise SystemExit(f'{checkpoint} does not load into {run_args["model"]} '
-                         f'(num_classes={model.num_classes}, in_chans={model.in_chans}): {e}') from e
-    return model.eval()
+    return create_model_from_checkpoint(run_args['model'], str(checkpoint), use_ema, run_args.get('num_classes'),
+                                        in_chans, run_args.get('model_kwargs')).eval()
 
 
 def data_config(run_args: Dict[str, Any], in_chans: int) -> Dict[str, Any]:

@@ -1,11 +1,13 @@
-"""What train.py and validate.py share: YAML configs keyed by flag dest names, and input checks that fail
-at once, naming the flag and what is wrong."""
+"""What the command lines share: YAML configs keyed by flag dest names, input checks that fail at once
+naming the flag and what is wrong, and models built with a checkpoint's weights."""
 import argparse
 import os
-from typing import Any, Dict, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import timm
+import torch.nn as nn
 import yaml
+from timm.models import load_checkpoint
 
 from .data import OFFLINE_SOURCES
 
@@ -33,3 +35,51 @@ def load_config(path: str) -> Dict[str, Any]:
         raise SystemExit(f'--config {path}: expected a YAML mapping of flag dest names to values, '
                          f'got {type(cfg).__name__}')
     return cfg
+
+
+def parse_args_with_config(
+        config_parser: argparse.ArgumentParser,
+        create_parser: Callable[[], argparse.ArgumentParser],
+        argv: Optional[Sequence[str]] = None,
+        strict: bool = True,
+        rename: Optional[Dict[str, str]] = None,
+        ignore: Sequence[str] = (),
+) -> Tuple[argparse.Namespace, str]:
+    """Defaults from ``-c FILE.yaml`` (keys are flag dest names), then the command line wins.
+
+    ``strict``: a key that is no flag's dest is an error (a script's own recipe); otherwise such keys
+    are skipped (taking the shared keys of another script's args.yaml). ``rename`` maps config keys to
+    this parser's dest names; ``ignore`` lists dests a config never sets. Returns (args, config path).
+    """
+    config_args, remaining = config_parser.parse_known_args(argv)
+    parser = create_parser()
+    if config_args.config:
+        cfg = {(rename or {}).get(k, k): v for k, v in load_config(config_args.config).items()}
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(cfg) - known)
+        if strict and unknown:
+            parser.error(f'{config_args.config}: unknown keys {unknown} (keys are flag dest names, e.g. batch_size)')
+        parser.set_defaults(**{k: v for k, v in cfg.items() if k in known and k not in ignore})
+    return parser.parse_args(remaining), config_args.config
+
+
+def create_model_from_checkpoint(
+        model_name: str,
+        checkpoint: str = '',
+        use_ema: bool = False,
+        num_classes: Optional[int] = None,
+        in_chans: Optional[int] = None,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+        pretrained: bool = False,
+) -> nn.Module:
+    """A timm model with ``checkpoint``'s raw or EMA weights (timm's ``load_checkpoint``: safetensors or
+    ``weights_only=True``); a file that does not load exits naming it and the model's settings."""
+    model = timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes,
+                              **({'in_chans': in_chans} if in_chans else {}), **(model_kwargs or {}))
+    if checkpoint:
+        try:
+            load_checkpoint(model, str(checkpoint), use_ema=use_ema, weights_only=True)
+        except Exception as e:  # truncated or tampered file, other architecture, other head size
+            raise SystemExit(f'--checkpoint {checkpoint} does not load into {model_name} '
+                             f'(num_classes={model.num_classes}, in_chans={model.in_chans}): {e}') from e
+    return model

@@ -465,15 +465,11 @@ def create_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Defaults from ``-c FILE.yaml`` (keys that are this command's dest names), then the command line."""
-    from .script_args import load_config
+    from .script_args import parse_args_with_config
 
-    config_args, remaining = config_parser.parse_known_args(argv)
-    parser = create_parser()
-    if config_args.config:
-        known = {action.dest for action in parser._actions} - {'config', 'image', 'out', 'checkpoint', 'module'}
-        parser.set_defaults(**{k: v for k, v in load_config(config_args.config).items() if k in known})
-    args = parser.parse_args(remaining)
-    args.config = config_args.config
+    args, config = parse_args_with_config(
+        config_parser, create_parser, argv, strict=False, ignore=('config', 'image', 'out', 'checkpoint', 'module'))
+    args.config = config
     return args
 
 
