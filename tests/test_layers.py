@@ -7,6 +7,7 @@ with non-trivial running statistics and affine parameters set here, so they are 
 check. The reference helpers below never call the module code under test: softmax is written as
 exp / sum, BatchNorm as (x - mean) / sqrt(var + eps) * weight + bias, products as einsum.
 """
+import copy
 from typing import Iterable, List, Optional, Tuple
 
 import pytest
@@ -158,15 +159,18 @@ def ref_transformer(tr: TokenTransformer, t: torch.Tensor) -> torch.Tensor:
     return t1 + ref_token_linear(hidden, tr.ffn_out)
 
 
-def ref_projector(pr: Projector, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``X_out = X + BN2d(SOFTMAX_L((X W_Q)(T W_K)^T / sqrt(d)) (T W_V))``."""
+def ref_projector_read(pr: Projector, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The float64 reference of the projector's branch before its BN: A (T W_V) as an (N, C, H, W) map."""
     n, c, h, w = x.shape
     xq = torch.einsum('npc,dc->npd', pixels(x), pr.query.weight[:, :, 0, 0])
     tk = torch.einsum('nlt,dt->nld', t, pr.key.weight)
     tv = torch.einsum('nlt,ct->nlc', t, pr.value.weight) if isinstance(pr.value, nn.Linear) else t
-    read = ref_attention(xq, tk, tv, pr.num_heads)[0]  # (N, HW, C)
-    read = read.transpose(1, 2).reshape(n, c, h, w)
-    return x + ref_bn(read, pr.norm, channel_dim=1)
+    return ref_attention(xq, tk, tv, pr.num_heads)[0].transpose(1, 2).reshape(n, c, h, w)
+
+
+def ref_projector(pr: Projector, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``X_out = X + BN2d(SOFTMAX_L((X W_Q)(T W_K)^T / sqrt(d)) (T W_V))``."""
+    return x + ref_bn(ref_projector_read(pr, x, t), pr.norm, channel_dim=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,13 +353,35 @@ def test_projector_matches_equation(token_chs, num_heads, fused, hw):
 
 
 @pytest.mark.parametrize('token_chs', [C, 12])
-def test_projector_fused_matches_explicit_fp32(token_chs):
-    pr = randomize_bn_(Projector(C, token_chs, qk_dim=QK, num_heads=2)).eval()
-    x, t = torch.randn(N, C, 3, 5), torch.randn(N, L, token_chs)
+@pytest.mark.parametrize('num_heads', [1, 2])
+def test_projector_training_uses_batch_statistics(token_chs, num_heads):
+    """In training the closing BN normalises the read with its batch statistics and updates the
+    running ones exactly as nn.BatchNorm2d does (the inference fold must not leak into training)."""
+    pr = randomize_bn_(Projector(C, token_chs, qk_dim=QK, num_heads=num_heads).double()).train()
+    x, t = rand_map(3, 5), rand_tokens(token_chs)
+    bn = copy.deepcopy(pr.norm)
+    read = ref_projector_read(pr, x, t)
+    mean, var = read.mean(dim=(0, 2, 3), keepdim=True), read.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    expected = x + (read - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+    assert torch.allclose(pr(x, t), expected, **TOL64)
+    bn(read)
+    assert torch.allclose(pr.norm.running_mean, bn.running_mean, **TOL64)
+    assert torch.allclose(pr.norm.running_var, bn.running_var, **TOL64)
+
+
+@pytest.mark.parametrize('dtype, tol', [(torch.float32, TOL32), (torch.bfloat16, dict(rtol=3e-2, atol=3e-2))])
+@pytest.mark.parametrize('num_heads', [1, 2])
+def test_projector_fused_inference_matches_explicit(dtype, tol, num_heads):
+    """The fused inference path (BN folded into the token values, residual add in the baddbmm)
+    equals read -> BN -> add run one by one."""
+    pr = randomize_bn_(Projector(C, 12, qk_dim=QK, num_heads=num_heads)).to(dtype).eval()
+    x, t = torch.randn(N, C, 3, 5, dtype=dtype), torch.randn(N, L, 12, dtype=dtype)
     pr.fused_attn = True
     fused = pr(x, t)
     pr.fused_attn = False
-    assert torch.allclose(fused, pr(x, t), **TOL32)
+    explicit = pr(x, t)
+    assert fused.dtype == dtype and torch.isfinite(fused).all()
+    assert torch.allclose(fused.float(), explicit.float(), **tol)
 
 
 @pytest.mark.parametrize('training', [False, True])

@@ -77,6 +77,23 @@ def _check_num_heads(num_heads: int, **widths: int) -> None:
         raise ValueError(f'num_heads={num_heads} must be >= 1 and divide {widths}')
 
 
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(N, M, D) -> (N * num_heads, M, D / num_heads), head h holding channel slice h (a view for one head)."""
+    N, M, D = x.shape
+    return x.reshape(N, M, num_heads, D // num_heads).transpose(1, 2).reshape(N * num_heads, M, D // num_heads)
+
+
+def _merge_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Inverse of ``_split_heads``: (N * num_heads, M, D / num_heads) -> (N, M, D)."""
+    NH, M, Dh = x.shape
+    return x.reshape(NH // num_heads, num_heads, M, Dh).transpose(1, 2).reshape(NH // num_heads, M, num_heads * Dh)
+
+
+def _softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax computed in at least float32 (AMP-safe for bfloat16/float16 logits), in the input's dtype."""
+    return logits.softmax(dim, dtype=torch.promote_types(logits.dtype, torch.float32)).to(logits.dtype)
+
+
 class TokenLinear(nn.Module):
     """Token-wise linear map followed by BatchNorm over the channel axis of (N, L, C) tokens."""
 
@@ -93,7 +110,7 @@ class TokenLinear(nn.Module):
 
 def _spatial_softmax_gather(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """T = SOFTMAX_HW(logits)^T X for logits (N, L, HW) and map x (N, C, H, W) -> (N, L, C)."""
-    return logits.softmax(dim=-1) @ x.flatten(2).transpose(1, 2)
+    return _softmax(logits, dim=-1) @ x.flatten(2).transpose(1, 2)
 
 
 def _value_map(in_chs: int, token_chs: int, device=None, dtype=None) -> nn.Module:
@@ -437,6 +454,13 @@ class Projector(nn.Module):
 
     ``X_out = X + BN(SOFTMAX_L((X W_Q)(T W_K)^T / sqrt(d)) T W_V)``; W_V (C_T -> C) exists only where the
     widths differ.
+
+    The L x HW attention weights are computed explicitly (they are tiny) rather than through
+    ``F.scaled_dot_product_attention``: pixel-major weights (N, HW, L) read the tokens straight
+    into the channels-last layout of the map. The fused inference path (``fused_attn``) folds the
+    BN, an affine map per channel, into the token values (every row of the weights sums to 1), so
+    that the read and the residual add are one ``baddbmm`` and the map is written once
+    (docs/benchmarks.md); training, or ``fused_attn=False``, runs read, BN and add one by one.
     """
 
     def __init__(
@@ -453,6 +477,7 @@ class Projector(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         _check_num_heads(num_heads, qk_dim=qk_dim, in_chs=in_chs)
         self.num_heads = num_heads
+        self.scale = (qk_dim // num_heads) ** -0.5
         self.fused_attn = use_fused_attn()
         self.query = nn.Conv2d(in_chs, qk_dim, 1, bias=False, **dd)  # W_Q, on pixels
         self.key = nn.Linear(token_chs, qk_dim, bias=False, **dd)  # W_K, on tokens
@@ -464,12 +489,31 @@ class Projector(nn.Module):
         """Zero the closing BN so the projector starts as the identity."""
         nn.init.zeros_(self.norm.weight)
 
+    def attention_weights(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``SOFTMAX_L((X W_Q)(T W_K)^T / sqrt(d))`` per head: (N * num_heads, HW, L), rows sum to 1."""
+        query = self.query(x).flatten(2).transpose(1, 2)  # (N, HW, d): contiguous for a channels-last map
+        key = self.key(tokens) * self.scale
+        logits = _split_heads(query, self.num_heads) @ _split_heads(key, self.num_heads).transpose(1, 2)
+        return _softmax(logits, dim=-1)
+
+    def _folded_norm(self, value: torch.Tensor) -> torch.Tensor:
+        """``BN(A V) = A BN(V)`` for an inference BN and weights A whose rows sum to 1."""
+        mean, var = self.norm.running_mean, self.norm.running_var
+        assert mean is not None and var is not None, 'the folded projector BN needs running statistics'
+        scale = self.norm.weight * torch.rsqrt(var + self.norm.eps)
+        return value * scale + (self.norm.bias - mean * scale)
+
     def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         N, C, H, W = x.shape
-        query = self.query(x).flatten(2).transpose(1, 2)  # (N, HW, qk_dim)
-        fused = token_attention(query, self.key(tokens), self.value(tokens), self.num_heads, self.fused_attn)
-        fused = fused.transpose(1, 2).reshape(N, C, H, W)
-        return x + self.drop_path(self.norm(fused))
+        weights = self.attention_weights(x, tokens)
+        value = self.value(tokens)  # (N, L, C)
+        if self.training or self.norm.training or not self.fused_attn:
+            read = _merge_heads(weights @ _split_heads(value, self.num_heads), self.num_heads)
+            read = read.reshape(N, H, W, C).permute(0, 3, 1, 2)  # (N, C, H, W), channels-last strides
+            return x + self.drop_path(self.norm(read))
+        pixels = _split_heads(x.flatten(2).transpose(1, 2), self.num_heads)
+        out = torch.baddbmm(pixels, weights, _split_heads(self._folded_norm(value), self.num_heads))
+        return _merge_heads(out, self.num_heads).reshape(N, H, W, C).permute(0, 3, 1, 2)
 
 
 class VTBlock(nn.Module):
@@ -572,7 +616,9 @@ class VTStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map (N, C_in, H, W) with at least L pixels -> tokens (N, L, C_T) of the last module."""
-        x = self.lift(x)
+        # channels-last: the 1x1 convs run faster (oneDNN) and the pixel rows (N, HW, C) that the
+        # tokenizers gather and the projectors write are contiguous
+        x = self.lift(x.contiguous(memory_format=torch.channels_last))
         tokens: Optional[torch.Tensor] = None
         for block in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
