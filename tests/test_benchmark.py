@@ -49,3 +49,18 @@ def test_cpu_training_memory_is_counted_exactly():
 def test_bad_input(argv, message):
     with pytest.raises(SystemExit, match=message):
         benchmark.main(argv)
+
+
+def test_vt_stage_table_parts_add_up():
+    """benchmarks/vt_stage.py: the parts' MACs add up to the VT stage's, which (and layer4's) equal the
+    model counter's stage-5 figures times the batch, and every timing is positive."""
+    from benchmarks.vt_stage import stage_table
+    from vt_timm.profile import profile_model
+    rows = {r[0]: r[1:] for r in stage_table([18], batch_size=2, rounds=1)[1:]}
+    mmacs = {name: float(r[0]) for name, r in rows.items()}
+    parts = sum(v for name, v in mmacs.items() if name.startswith('- '))
+    assert parts == pytest.approx(mmacs['vt_resnet18 vt'], rel=1e-3)
+    assert mmacs['vt_resnet18 vt'] == pytest.approx(2 * profile_model('vt_resnet18').stage5_macs / 1e6, rel=1e-3)
+    assert mmacs['resnet18 layer4'] == pytest.approx(2 * 411.0, rel=1e-2)  # the paper's 411 MMACs per image
+    assert len([n for n in rows if n.startswith('- ')]) == 6  # lift + 2 modules x (tokenizer, relation) + 1 projector
+    assert all(float(r[1]) > 0 for r in rows.values())
