@@ -15,26 +15,18 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import vt_timm  # noqa: E402,F401  registers the models
-from vt_timm.profile import format_table  # noqa: E402
+from vt_timm.profile import count_call_macs, format_table  # noqa: E402
 
 Run = Callable[[], torch.Tensor]
-
-
-def count_mmacs(run: Run) -> float:
-    """Multiply-adds of one call, in millions (flop counter / 2, as vt_timm.profile)."""
-    with FlopCounterMode(display=False) as counter:
-        run()
-    return counter.get_total_flops() / 2e6
 
 
 def time_alternately(runs: Dict[str, Run], rounds: int, warmup: int = 3) -> Dict[str, float]:
@@ -75,7 +67,7 @@ def stage_parts(depth: int, batch_size: int) -> Dict[str, Run]:
     return runs
 
 
-def reference_runs(depth: int, batch_size: int, token_chs: int = 1024, num_tokens: int = 16) -> Dict[str, Run]:
+def reference_runs(batch_size: int, token_chs: int = 1024, num_tokens: int = 16) -> Dict[str, Run]:
     """This machine's rate for a plain GEMM at the FFN's shape and for layer4's 3x3 convolution."""
     rows = torch.randn(batch_size * num_tokens, token_chs)
     weight = torch.randn(token_chs, token_chs)
@@ -91,8 +83,8 @@ def stage_table(depths: Sequence[int], batch_size: int, rounds: int) -> List[Lis
     rows = [['part', 'MMACs', 'ms', 'GMAC/s']]
     with torch.inference_mode():
         for depth in depths:
-            runs = {**stage_parts(depth, batch_size), **reference_runs(depth, batch_size)}
-            macs = {name: count_mmacs(run) for name, run in runs.items()}
+            runs = {**stage_parts(depth, batch_size), **reference_runs(batch_size)}
+            macs = {name: count_call_macs(run)[0] / 1e6 for name, run in runs.items()}
             ms = time_alternately(runs, rounds)
             rows += [[name, f'{macs[name]:.1f}', f'{ms[name]:.2f}', f'{macs[name] / ms[name]:.0f}'] for name in runs]
     return rows

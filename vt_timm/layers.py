@@ -59,6 +59,7 @@ def token_attention(
     """
     N, M, D = query.shape
     L, Dv = value.shape[1], value.shape[2]
+    # 4D (N, heads, rows, width): the ONNX exporter's SDPA accepts no other rank
     q = query.reshape(N, M, num_heads, D // num_heads).transpose(1, 2)
     k = key.reshape(N, L, num_heads, D // num_heads).transpose(1, 2)
     v = value.reshape(N, L, num_heads, Dv // num_heads).transpose(1, 2)

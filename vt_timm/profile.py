@@ -14,7 +14,7 @@ weight matmuls.
 """
 import argparse
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -79,12 +79,18 @@ class Profile:
     stage5_macs: float
 
 
-def count_macs(model: nn.Module, img_size: int = 224) -> Tuple[float, Dict[str, float]]:
-    """Multiply-adds of one image through ``model``: (total, per-module totals)."""
+def count_call_macs(run: Callable[[], Any]) -> Tuple[float, Dict[str, float]]:
+    """Multiply-adds of one call of ``run`` (no grad): (total, per-module totals keyed by the
+    counter's ``ClassName.child`` names)."""
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, model.in_chans, img_size, img_size, device='meta'))
+        run()
     per_module = {name: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()}
     return counter.get_total_flops() / 2, per_module
+
+
+def count_macs(model: nn.Module, img_size: int = 224) -> Tuple[float, Dict[str, float]]:
+    """Multiply-adds of one image through ``model``: (total, per-module totals)."""
+    return count_call_macs(lambda: model(torch.zeros(1, model.in_chans, img_size, img_size, device='meta')))
 
 
 def profile_model(name: str, img_size: int = 224, **kwargs) -> Profile:

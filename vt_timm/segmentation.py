@@ -27,9 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ConvNormAct
-from torch.utils.flop_counter import FlopCounterMode
 
 from .layers import FilterTokenizer, Projector, TokenTransformer, init_vt_weights
+from .profile import count_call_macs
 
 __all__ = [
     'FPN', 'VTFPN', 'SemanticHead', 'SegmentationModel', 'create_segmentation_model', 'pyramid_indices',
@@ -245,10 +245,7 @@ def count_macs(model: nn.Module, img_size: Tuple[int, int], in_chans: int = 3) -
     """Multiply-adds of one (H, W) image through ``model`` (convs, linears, matmuls, as vt_timm.profile):
     (total, per-module totals keyed by the counter's ``ClassName.child`` names)."""
     device = next(model.parameters()).device
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, in_chans, *img_size, device=device))
-    per_module = {name: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()}
-    return counter.get_total_flops() / 2, per_module
+    return count_call_macs(lambda: model(torch.zeros(1, in_chans, *img_size, device=device)))
 
 
 def segmentation_macs(backbone: str, head: str, img_size: Tuple[int, int], num_classes: int) -> Dict[str, float]:
