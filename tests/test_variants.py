@@ -135,7 +135,7 @@ def ref_graphconv(gc: TokenGraphConv, t: torch.Tensor) -> torch.Tensor:
     """``T_out = T + BN(ReLU(A_g T W_g))``."""
     mixed = torch.einsum('lm,nmc->nlc', gc.adjacency, t)
     hidden = torch.clamp(torch.einsum('nlc,dc->nld', mixed, gc.mix.weight), min=0.)
-    return t + ref_bn(hidden, gc.norm, channel_dim=2)
+    return t + ref_bn(hidden, gc.norm.bn, channel_dim=2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def test_token_grid():
 @pytest.mark.parametrize('iters', [0, 3])
 def test_clustering_matches_appendix_c_transcription(photos, num_tokens, size, iters):
     x = real_map(photos, size)
-    tok = ClusteringTokenizer(48, 12, num_tokens, iters=iters).double()
+    tok = prepared(ClusteringTokenizer(48, 12, num_tokens, iters=iters))
     expected_centroids = torch.stack([ref_kmeans(img, tok.grid, iters)[0] for img in x])
     assert torch.allclose(tok.centroids(x), expected_centroids, **TOL64)
     logits = tok.spatial_logits(x)
@@ -203,7 +203,7 @@ def test_kmeans_empty_cluster_keeps_its_centroid():
 
 def test_no_gradient_through_kmeans(photos):
     """The centroids are constants for autograd; X gets its gradient through the softmax and the gather."""
-    tok = ClusteringTokenizer(48, 12, 16).double()
+    tok = prepared(ClusteringTokenizer(48, 12, 16))
     x = real_map(photos).requires_grad_()
     assert not tok.centroids(x).requires_grad
     weights = torch.randn(2, 16, 12, dtype=torch.float64)
@@ -236,7 +236,7 @@ def test_no_gradient_through_kmeans(photos):
 @pytest.mark.parametrize('size', [(14, 14), (14, 21), (6, 6), (3, 5)])
 def test_pooling_tokens_are_bilinear_cells(photos, num_tokens, size):
     x = real_map(photos, size)
-    tok = PoolingTokenizer(48, 12, num_tokens).double()
+    tok = prepared(PoolingTokenizer(48, 12, num_tokens))
     grid = token_grid(num_tokens)
     cells = F.interpolate(x, size=grid, mode='bilinear', align_corners=False, antialias=True)
     tokens = tok(x)
@@ -285,7 +285,7 @@ def test_graphconv_matches_equation(dim):
 def test_graphconv_zero_init_last_is_identity(training):
     gc = TokenGraphConv(8, num_tokens=5).double()
     gc.zero_init_last()
-    randomize_bn_(gc, keep_affine=[gc.norm]).train(training)
+    randomize_bn_(gc, keep_affine=[gc.norm.bn]).train(training)
     t = torch.randn(2, 5, 8, dtype=torch.float64)
     assert torch.equal(gc(t), t)
 
@@ -408,11 +408,11 @@ def test_init_vt_weights_on_variants():
     init_vt_weights(stage)
     for block in stage.blocks:
         assert torch.equal(block.transformer.adjacency, torch.eye(16))
-        assert block.transformer.mix.weight.std().item() == pytest.approx(.02, rel=0.15)
-    assert stage.blocks[0].tokenizer.value.weight.std().item() == pytest.approx(.02, rel=0.15)
+        assert block.transformer.mix.weight.std().item() == pytest.approx(128 ** -0.5, rel=0.15)  # LeCun: 1 / fan-in
+    assert stage.blocks[0].tokenizer.value.fc.weight.std().item() == pytest.approx(96 ** -0.5, rel=0.15)
     clustering = VTStage(64, 96, 2, token_chs=128, first_tokenizer='clustering')
     init_vt_weights(clustering)
-    assert not [n for n, _ in clustering.blocks[0].tokenizer.named_parameters() if n != 'value.weight']
+    assert not [n for n, _ in clustering.blocks[0].tokenizer.named_parameters() if not n.startswith('value.')]
 
 
 # --------------------------------------------------------------------------------------------

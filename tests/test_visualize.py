@@ -39,20 +39,31 @@ def foolbox_imagenet_photos():
 
 
 def sharpen(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Weights far from initialisation, so that maps and relation weights are far from uniform.
+    """Weights far from initialisation and BN statistics of real activations, so that maps and relation
+    weights are far from uniform.
 
-    A freshly initialised VT-ResNet in eval mode attends uniformly (to 3 decimals): its BN running
-    statistics are the initial ones, so the VT input map is tiny (std ~0.02) and every softmax is flat.
-    Scaling the lift's BN brings the map to unit scale; wider K/Q weights make W far from uniform.
+    A freshly initialised VT-ResNet in eval mode attends almost uniformly: its BN running statistics
+    are the initial ones (mean 0, variance 1) while its activations are far smaller, so every softmax
+    is flat. Wider K/Q weights make W far from uniform; a few train-mode passes (cumulative BN
+    averages) then give every BN, the tokenizers' logit norms included, the statistics of the
+    activations it sees, as training would.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if hasattr(m, 'lift') and hasattr(m.lift, 'bn'):
-                m.lift.bn.weight.mul_(50)
             if isinstance(m, TokenTransformer):
-                m.key.weight.normal_(std=.3, generator=gen)
-                m.query.weight.normal_(std=.3, generator=gen)
+                m.key.fc.weight.normal_(std=.3, generator=gen)
+                m.query.fc.weight.normal_(std=.3, generator=gen)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        model.train()
+        in_chans = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+        for _ in range(2):
+            model(torch.randn(8, in_chans, SIZE, SIZE, generator=gen))
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = 0.1
     return model.eval()
 
 
@@ -97,10 +108,12 @@ def test_attention_weights_are_the_forward_weights(num_heads):
     torch.manual_seed(0)
     transformer = TokenTransformer(64, 32, num_heads).eval()
     with torch.no_grad():
-        transformer.key.weight.normal_(std=.3)
-        transformer.query.weight.normal_(std=.3)
-        nn.init.zeros_(transformer.ffn_out.bn.weight)  # FFN branch = 0: forward(T) = T + attention
-        nn.init.zeros_(transformer.ffn_out.bn.bias)
+        transformer.key.fc.weight.normal_(std=.3)
+        transformer.query.fc.weight.normal_(std=.3)
+        transformer.attn_norm.bn.eps = 0.  # eval-mode BN with the initial statistics: the identity
+        nn.init.ones_(transformer.attn_norm.bn.weight)
+        nn.init.zeros_(transformer.ffn_out.norm.bn.weight)  # FFN branch = 0: forward(T) = T + attention
+        nn.init.zeros_(transformer.ffn_out.norm.bn.bias)
         tokens = torch.randn(2, 16, 64)
         weights = transformer.attention_weights(tokens)
         attended = transformer(tokens) - tokens
@@ -140,6 +153,14 @@ def test_maps_are_distributions_on_real_photos(model, photo_files):
     assert (first - second).abs().max() > 10 / HW
 
 
+def eval_bn(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, dim: int) -> torch.Tensor:
+    """Eval-mode BatchNorm along ``dim``, from its running statistics and affine parameters."""
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(shape)
+    return (x - bn.running_mean.view(shape)) * scale + bn.bias.view(shape)
+
+
 def test_propagated_equals_W_A_computed_independently(model, photo_files):
     """A, W and W A from the model's weights, by hand, without hooks or ``attention_weights``."""
     result = token_attention_maps(model, photo_files['coffee'], img_size=SIZE)
@@ -153,10 +174,12 @@ def test_propagated_equals_W_A_computed_independently(model, photo_files):
                 logits = tokenizer.attn.weight[:, :, 0, 0] @ pixels
             else:  # recurrent: X (T_in W_T->R)^T / sqrt(C)
                 logits = (tokens @ tokenizer.token_to_filter.weight.t()) @ pixels / math.sqrt(x.shape[1])
+            logits = eval_bn(logits - logits.mean(1, keepdim=True), tokenizer.logit_norm.norm, dim=1)  # S(Z)
             A = logits.softmax(-1)[0]  # (L, HW)
-            t = tokenizer.value(A @ pixels[0].t())  # (L, C_T)
-            scores = (t @ transformer.key.weight.t()) @ (t @ transformer.query.weight.t()).t()
-            W = (scores / math.sqrt(transformer.key.out_features)).softmax(-1)
+            t = tokenizer.value((A @ pixels[0].t())[None])[0]  # (L, C_T)
+            k = eval_bn(t @ transformer.key.fc.weight.t(), transformer.key.norm.bn, dim=1)
+            q = eval_bn(t @ transformer.query.fc.weight.t(), transformer.query.norm.bn, dim=1)
+            W = (k @ q.t() / math.sqrt(k.shape[1])).softmax(-1)
             torch.testing.assert_close(maps.attention.flatten(1), A, atol=1e-6, rtol=1e-4)
             torch.testing.assert_close(maps.weights, W, atol=1e-6, rtol=1e-4)
             torch.testing.assert_close(maps.propagated.flatten(1), W @ A, atol=1e-6, rtol=1e-4)

@@ -4,34 +4,41 @@ Paper: `Visual Transformers: Token-based Image Representation and Processing for
     - https://arxiv.org/abs/2006.03677 (Wu et al., v4 / ICCV 2021)
 
 A VT module turns a feature map X (N, C, H, W) into L visual tokens T (N, L, C_T), relates the
-tokens with a transformer and fuses them back into the map (v4 equations; the scalings, norms and
-C <-> C_T maps added to them are the choices listed in docs/architecture.md):
+tokens with a transformer and fuses them back into the map (v4 equations; the norms, scalings and
+C <-> C_T maps added to them are the choices listed in docs/architecture.md, measured in
+docs/training.md):
 
-    tokenizer    T = SOFTMAX_HW(X W_A)^T X W_V                         (filter-based, first module)
-                 T = SOFTMAX_HW(X (T_in W_T->R)^T / sqrt(C))^T X W_V   (recurrent, later modules)
-    transformer  T' = T + SOFTMAX_L((T K)(T Q)^T / sqrt(d)) T;  T_out = T' + BN(ReLU(BN(T' F1)) F2)
-    projector    X_out = X + BN(SOFTMAX_L((X W_Q)(T W_K)^T / sqrt(d)) T W_V)
+    tokenizer    T = BN(SOFTMAX_HW(S(X W_A))^T X W_V)                   (filter-based, first module)
+                 T = BN(SOFTMAX_HW(S(X (T_in W_T->R)^T))^T X W_V)       (recurrent, later modules)
+                 S(Z) = BN_L(Z - mean_L Z): logits centred across the L tokens at every pixel,
+                 then normalised per token with a temperature that starts at sqrt(2 ln L)
+    transformer  T' = T + BN0(SOFTMAX_L(BN(T K) BN(T Q)^T / sqrt(d)) T)
+                 T_out = T' + BN0(ReLU(BN(T' F1)) F2)
+    projector    X_out = X + BN0(SOFTMAX_L(BN(X W_Q) BN(T W_K)^T / sqrt(d)) T W_V)
+
+BN0 is a BatchNorm whose scale starts at zero, so every residual branch starts as the identity.
 
 The paper's ablation variants (its Tables 3-7; ``create_tokenizer`` / ``create_relation``):
 
-    clustering   T = SOFTMAX_HW(X K^T)^T X W_V,  K = KMEANS_L(X / |X|)  (L unit centroids, no gradient)
-    pooling      T = BILINEAR_L(X) W_V                                  (the map resized to L cells)
-    graph conv   T_out = T + BN(ReLU(A_g T W_g))                        (A_g: L x L, W_g: C_T x C_T)
+    clustering   T = BN(SOFTMAX_HW(X K^T)^T X W_V),  K = KMEANS_L(X / |X|)  (L unit centroids, no gradient)
+    pooling      T = BN(BILINEAR_L(X) W_V)                               (the map resized to L cells)
+    graph conv   T_out = T + BN0(ReLU(A_g T W_g))                        (A_g: L x L, W_g: C_T x C_T)
     none         T_out = T
 
 W_V maps C <-> C_T and exists only where the two widths differ. Tokens are kept token-major
 (N, L, C), as in timm's other token models.
 """
+import math
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ConvNormAct, DropPath, trunc_normal_, use_fused_attn
+from timm.layers import ConvNormAct, DropPath, lecun_normal_, use_fused_attn
 from timm.models import checkpoint
 
 __all__ = [
-    'token_attention', 'TokenLinear', 'FilterTokenizer', 'RecurrentTokenizer', 'ClusteringTokenizer',
+    'token_attention', 'TokenNorm', 'TokenLinear', 'SpatialLogitNorm', 'FilterTokenizer', 'RecurrentTokenizer', 'ClusteringTokenizer',
     'PoolingTokenizer', 'TokenTransformer', 'TokenGraphConv', 'Projector', 'VTBlock', 'VTStage',
     'create_tokenizer', 'create_relation', 'spherical_kmeans', 'token_grid', 'init_vt_weights',
     'FIRST_TOKENIZERS', 'LATER_TOKENIZERS', 'RELATIONS',
@@ -95,6 +102,17 @@ def _softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
     return logits.softmax(dim, dtype=torch.promote_types(logits.dtype, torch.float32)).to(logits.dtype)
 
 
+class TokenNorm(nn.Module):
+    """BatchNorm over the channel axis of (N, L, C) tokens: statistics over the N x L tokens of a batch."""
+
+    def __init__(self, num_features: int, device=None, dtype=None):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(num_features, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x.flatten(0, 1)).reshape(x.shape)
+
+
 class TokenLinear(nn.Module):
     """Token-wise linear map followed by BatchNorm over the channel axis of (N, L, C) tokens."""
 
@@ -102,11 +120,43 @@ class TokenLinear(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.fc = nn.Linear(in_features, out_features, bias=False, **dd)
-        self.bn = nn.BatchNorm1d(out_features, **dd)
+        self.norm = TokenNorm(out_features, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc(x)
-        return self.bn(x.flatten(0, 1)).reshape(x.shape)
+        return self.norm(self.fc(x))
+
+
+class SpatialLogitNorm(nn.Module):
+    """``S(Z) = BN_L(Z - mean_L Z)`` for the (N, L, HW) spatial logits of a tokenizer.
+
+    Centring across the L tokens at every pixel removes the part of the logits that all tokens share:
+    it could only pull every token to the same pixels (the collapse of docs/training.md), and it
+    cancels any update that moves all L filters alike. The BatchNorm then gives each token's logits
+    unit variance over the batch's pixels times a learned temperature, so the sharpness of the
+    spatial softmax no longer follows the scale of the weights. The temperature starts at
+    ``sqrt(2 ln L)``: for unit-variance logits the softmax over HW pixels has entropy about
+    ln(HW) - t^2 / 2, so each token starts spread over about HW / L pixels, as many as would let
+    the L tokens tile the map, whatever its size.
+    """
+
+    def __init__(self, num_tokens: int, device=None, dtype=None):
+        super().__init__()
+        if num_tokens < 2:
+            raise ValueError(f'num_tokens={num_tokens}: a tokenizer needs at least 2 tokens (its spatial logits are '
+                             f'centred across the tokens)')
+        self.norm = nn.BatchNorm1d(num_tokens, device=device, dtype=dtype)
+        self.reset_temperature()
+
+    @property
+    def initial_temperature(self) -> float:
+        return math.sqrt(2 * math.log(self.norm.num_features))
+
+    def reset_temperature(self) -> None:
+        """Set the learned temperature (the BN scale) to ``sqrt(2 ln L)``."""
+        nn.init.constant_(self.norm.weight, self.initial_temperature)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.norm(logits - logits.mean(dim=1, keepdim=True))
 
 
 def _spatial_softmax_gather(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -115,16 +165,17 @@ def _spatial_softmax_gather(logits: torch.Tensor, x: torch.Tensor) -> torch.Tens
 
 
 def _value_map(in_chs: int, token_chs: int, device=None, dtype=None) -> nn.Module:
-    """A tokenizer's W_V: token-wise ``Linear(C -> C_T)`` (no norm) where the widths differ, else identity."""
-    return nn.Linear(in_chs, token_chs, bias=False, device=device, dtype=dtype) if in_chs != token_chs else nn.Identity()
+    """A tokenizer's W_V and the BN on its tokens: ``TokenLinear(C -> C_T)``, or ``TokenNorm`` where C = C_T."""
+    if in_chs != token_chs:
+        return TokenLinear(in_chs, token_chs, device=device, dtype=dtype)
+    return TokenNorm(token_chs, device=device, dtype=dtype)
 
 
 class FilterTokenizer(nn.Module):
     """Filter-based tokenizer: a 1x1 conv W_A gives one spatial attention per token.
 
-    ``T = SOFTMAX_HW(X W_A)^T X W_V``; the token-wise W_V (C -> C_T, no norm) exists only where the
-    widths differ. ``init_vt_weights`` gives W_A fan-in scale, so the spatial logits start at unit
-    scale and the L tokens differ from the first step.
+    ``T = BN(SOFTMAX_HW(S(X W_A))^T X W_V)`` with ``S`` the ``SpatialLogitNorm``; the token-wise W_V
+    (C -> C_T) exists only where the widths differ, the BN on the tokens always.
     """
 
     def __init__(
@@ -138,11 +189,12 @@ class FilterTokenizer(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.attn = nn.Conv2d(in_chs, num_tokens, 1, bias=False, **dd)  # W_A
+        self.logit_norm = SpatialLogitNorm(num_tokens, **dd)
         self.value = _value_map(in_chs, token_chs, **dd)
 
     def spatial_logits(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Pre-softmax spatial attention (N, L, HW); ``tokens`` is unused (fixed filters)."""
-        return self.attn(x).flatten(2)
+        return self.logit_norm(self.attn(x).flatten(2))
 
     def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.value(_spatial_softmax_gather(self.spatial_logits(x, tokens), x))
@@ -151,13 +203,17 @@ class FilterTokenizer(nn.Module):
 class RecurrentTokenizer(nn.Module):
     """Recurrent tokenizer: the previous module's tokens become this module's filters.
 
-    ``W_R = T_in W_T->R``; ``T = SOFTMAX_HW(X W_R^T / sqrt(C))^T X W_V``, W_V as in the filter tokenizer.
+    ``W_R = T_in W_T->R``; ``T = BN(SOFTMAX_HW(S(X W_R^T / sqrt(C)))^T X W_V)``, ``S`` and W_V as in the
+    filter tokenizer (centring the logits across tokens is centring T_in across tokens: they are linear
+    in it). The 1/sqrt(C) of a dot product of two C-wide vectors keeps the logits near the unit variance
+    that ``S``'s BatchNorm starts its running statistics at.
     """
 
     def __init__(
             self,
             in_chs: int,
             token_chs: int,
+            num_tokens: int = 16,
             device=None,
             dtype=None,
     ):
@@ -165,13 +221,14 @@ class RecurrentTokenizer(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         self.scale = in_chs ** -0.5
         self.token_to_filter = nn.Linear(token_chs, in_chs, bias=False, **dd)  # W_T->R
+        self.logit_norm = SpatialLogitNorm(num_tokens, **dd)
         self.value = _value_map(in_chs, token_chs, **dd)
 
     def spatial_logits(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Pre-softmax spatial attention (N, L, HW) computed from the previous tokens."""
         assert tokens is not None, 'RecurrentTokenizer needs the previous VT module\'s tokens'
         filters = self.token_to_filter(tokens)  # (N, L, C)
-        return (filters * self.scale) @ x.flatten(2)
+        return self.logit_norm((filters * self.scale) @ x.flatten(2))
 
     def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.value(_spatial_softmax_gather(self.spatial_logits(x, tokens), x))
@@ -217,9 +274,10 @@ class ClusteringTokenizer(nn.Module):
 
     Per image, the pixels are L2-normalised; L centroids start as the normalised map average-pooled
     to the ``token_grid`` cells (re-normalised) and take ``iters`` Lloyd steps (``spherical_kmeans``);
-    then ``T = SOFTMAX_HW(X K^T)^T X W_V`` with the centroids K as W_K on the raw map. K-means runs on
-    a detached map under ``no_grad``: gradients reach X through the softmax and the gather only.
-    No learned weights besides W_V (as in the filter tokenizer).
+    then ``T = BN(SOFTMAX_HW(X K^T)^T X W_V)`` with the centroids K as W_K on the raw map (unnormalised
+    logits: Appendix C has no learned weights in the attention). K-means runs on a detached map under
+    ``no_grad``: gradients reach X through the softmax and the gather only. No learned weights besides
+    W_V and the token BN (as in the filter tokenizer).
     """
 
     def __init__(
@@ -273,10 +331,10 @@ torch.fx.wrap('_bilinear_weights')
 class PoolingTokenizer(nn.Module):
     """Pooling tokenizer: the map bilinearly resized to the ``token_grid`` cells, one token per cell.
 
-    ``T = BILINEAR_L(X) W_V``: ``F.interpolate(bilinear, antialias=True)``, so that every pixel
+    ``T = BN(BILINEAR_L(X) W_V)``: ``F.interpolate(bilinear, antialias=True)``, so that every pixel
     reaches some cell (plain bilinear at 14x14 -> 4x4 reads 64 of the 196 pixels), applied as its
     two separable weight matrices (rows, cols): cells = W_rows X W_cols^T, in any dtype. No learned
-    weights besides W_V.
+    weights besides W_V and the token BN.
     """
 
     def __init__(
@@ -326,7 +384,7 @@ def create_tokenizer(
     if kind == 'filter':
         return FilterTokenizer(in_chs, token_chs, num_tokens, **dd)
     if kind == 'recurrent':
-        return RecurrentTokenizer(in_chs, token_chs, **dd)
+        return RecurrentTokenizer(in_chs, token_chs, num_tokens, **dd)
     if kind == 'clustering':
         return ClusteringTokenizer(in_chs, token_chs, num_tokens, **dd)
     if kind == 'pooling':
@@ -337,8 +395,11 @@ def create_tokenizer(
 class TokenTransformer(nn.Module):
     """Transformer over the L tokens (no positional encoding, as in v4).
 
-    ``T' = T + SOFTMAX_L((T K)(T Q)^T / sqrt(d)) T`` (values are the tokens themselves), then
-    ``T_out = T' + BN(ReLU(BN(T' F1)) F2)`` with F1, F2 square (C_T x C_T) token-wise maps.
+    ``T' = T + BN0(SOFTMAX_L(BN(T K) BN(T Q)^T / sqrt(d)) T)`` (values are the tokens themselves), then
+    ``T_out = T' + BN0(ReLU(BN(T' F1)) F2)`` with F1, F2 square (C_T x C_T) token-wise maps. The BNs
+    on K and Q fix the scale of the attention logits whatever the scale of the tokens and weights; the
+    closing BNs of both branches start at zero (``zero_init_last``), so a fresh transformer is the
+    identity.
     """
 
     def __init__(
@@ -355,8 +416,9 @@ class TokenTransformer(nn.Module):
         _check_num_heads(num_heads, qk_dim=qk_dim, dim=dim)
         self.num_heads = num_heads
         self.fused_attn = use_fused_attn()
-        self.key = nn.Linear(dim, qk_dim, bias=False, **dd)  # K
-        self.query = nn.Linear(dim, qk_dim, bias=False, **dd)  # Q
+        self.key = TokenLinear(dim, qk_dim, **dd)  # K
+        self.query = TokenLinear(dim, qk_dim, **dd)  # Q
+        self.attn_norm = TokenNorm(dim, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.ffn_in = TokenLinear(dim, dim, **dd)  # F1
         self.ffn_act = nn.ReLU(inplace=True)
@@ -364,11 +426,12 @@ class TokenTransformer(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def zero_init_last(self) -> None:
-        """Zero the BN after F2 so the FFN branch starts as the identity (timm's ResNet convention)."""
-        nn.init.zeros_(self.ffn_out.bn.weight)
+        """Zero the BNs closing the attention and FFN branches: both start as the identity."""
+        nn.init.zeros_(self.attn_norm.bn.weight)
+        nn.init.zeros_(self.ffn_out.norm.bn.weight)
 
     def attention_weights(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The L x L weights ``SOFTMAX_L((T K)(T Q)^T / sqrt(d))`` that ``forward`` applies, per head.
+        """The L x L weights ``SOFTMAX_L(BN(T K) BN(T Q)^T / sqrt(d))`` that ``forward`` applies, per head.
 
         Row i holds token i's weights over the tokens j it reads (rows sum to 1); head h mixes
         channel slice h of the tokens. Computed by the forward's own ``token_attention`` call with
@@ -389,7 +452,7 @@ class TokenTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         # row i of (T K)(T Q)^T holds token i's affinities to every token j: T K plays the query role
         attended = token_attention(self.key(tokens), self.query(tokens), tokens, self.num_heads, self.fused_attn)
-        tokens = tokens + self.drop_path1(attended)
+        tokens = tokens + self.drop_path1(self.attn_norm(attended))
         return tokens + self.drop_path2(self.ffn_out(self.ffn_act(self.ffn_in(tokens))))
 
 
@@ -414,16 +477,16 @@ class TokenGraphConv(nn.Module):
         self.adjacency = nn.Parameter(torch.eye(num_tokens, **dd))  # A_g
         self.mix = nn.Linear(dim, dim, bias=False, **dd)  # W_g
         self.act = nn.ReLU(inplace=True)
-        self.norm = nn.BatchNorm1d(dim, **dd)
+        self.norm = TokenNorm(dim, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def zero_init_last(self) -> None:
         """Zero the closing BN so the graph convolution starts as the identity."""
-        nn.init.zeros_(self.norm.weight)
+        nn.init.zeros_(self.norm.bn.weight)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.act(self.mix(self.adjacency @ tokens))
-        return tokens + self.drop_path(self.norm(h.flatten(0, 1)).reshape(h.shape))
+        return tokens + self.drop_path(self.norm(h))
 
 
 RELATIONS = ('transformer', 'graphconv', 'none')  # token relation (paper Table 5)
@@ -453,8 +516,9 @@ def create_relation(
 class Projector(nn.Module):
     """Projector: every pixel attends over the tokens and adds what it reads.
 
-    ``X_out = X + BN(SOFTMAX_L((X W_Q)(T W_K)^T / sqrt(d)) T W_V)``; W_V (C_T -> C) exists only where the
-    widths differ.
+    ``X_out = X + BN0(SOFTMAX_L(BN(X W_Q) BN(T W_K)^T / sqrt(d)) T W_V)``; W_V (C_T -> C) exists only
+    where the widths differ. The BNs on W_Q and W_K fix the scale of the logits; the closing BN starts
+    at zero (``zero_init_last``).
 
     The L x HW attention weights are computed explicitly (they are tiny) rather than through
     ``F.scaled_dot_product_attention``: pixel-major weights (N, HW, L) read the tokens straight
@@ -480,8 +544,8 @@ class Projector(nn.Module):
         self.num_heads = num_heads
         self.scale = (qk_dim // num_heads) ** -0.5
         self.fused_attn = use_fused_attn()
-        self.query = nn.Conv2d(in_chs, qk_dim, 1, bias=False, **dd)  # W_Q, on pixels
-        self.key = nn.Linear(token_chs, qk_dim, bias=False, **dd)  # W_K, on tokens
+        self.query = ConvNormAct(in_chs, qk_dim, 1, apply_act=False, **dd)  # W_Q + BN, on pixels
+        self.key = TokenLinear(token_chs, qk_dim, **dd)  # W_K + BN, on tokens
         self.value = nn.Linear(token_chs, in_chs, bias=False, **dd) if token_chs != in_chs else nn.Identity()
         self.norm = nn.BatchNorm2d(in_chs, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -491,7 +555,7 @@ class Projector(nn.Module):
         nn.init.zeros_(self.norm.weight)
 
     def attention_weights(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """``SOFTMAX_L((X W_Q)(T W_K)^T / sqrt(d))`` per head: (N * num_heads, HW, L), rows sum to 1."""
+        """``SOFTMAX_L(BN(X W_Q) BN(T W_K)^T / sqrt(d))`` per head: (N * num_heads, HW, L), rows sum to 1."""
         query = self.query(x).flatten(2).transpose(1, 2)  # (N, HW, d): contiguous for a channels-last map
         key = self.key(tokens) * self.scale
         logits = _split_heads(query, self.num_heads) @ _split_heads(key, self.num_heads).transpose(1, 2)
@@ -595,6 +659,8 @@ class VTStage(nn.Module):
             raise ValueError(
                 f"projector=False needs tokenizer='recurrent': with {tokenizer!r} tokenizers the tokens of "
                 f"every module but the last would reach neither the map nor the next module")
+        if num_tokens < 2:
+            raise ValueError(f'num_tokens={num_tokens}: a VT stage needs at least 2 visual tokens')
         drop_path_rates = drop_path_rates or [0.] * depth
         self.num_tokens = num_tokens
         self.grad_checkpointing = False
@@ -631,21 +697,20 @@ class VTStage(nn.Module):
 
 
 def init_vt_weights(module: nn.Module) -> None:
-    """Initialise every VT map in ``module``: truncated normal (std .02, as timm's ViT), except the
-    filter tokenizers' W_A, which gets fan-in scale (std 1/sqrt(C)), and the graph convolutions'
-    adjacency A_g, which starts as the identity.
+    """Initialise every VT map in ``module``: LeCun normal (variance 1 / fan-in) for the linear maps and
+    1x1 convs, the identity for the graph convolutions' adjacency A_g, and the tokenizers' temperatures
+    at ``sqrt(2 ln L)`` (``SpatialLogitNorm``).
 
-    With W_A at std .02 the spatial logits X W_A would be ~100x below unit scale: every token's
-    softmax over the pixels would be uniform, all L tokens the map's mean, and the recurrent
-    tokenizers fed by them collapsed too.
+    Every map of a VT module is followed by a BatchNorm, directly or through the logits it feeds, so its
+    scale sets no softmax's sharpness; fan-in scale keeps each BN's inputs near the unit variance its
+    running statistics start at, so that a model in eval mode is right from the first updates.
     """
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
-            trunc_normal_(m.weight, std=.02)
+            lecun_normal_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    for m in module.modules():
-        if isinstance(m, FilterTokenizer):
-            nn.init.normal_(m.attn.weight, std=m.attn.in_channels ** -0.5)
         elif isinstance(m, TokenGraphConv):
             nn.init.eye_(m.adjacency)
+        elif isinstance(m, SpatialLogitNorm):
+            m.reset_temperature()

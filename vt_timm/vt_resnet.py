@@ -19,7 +19,7 @@ import torch.nn as nn
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import _assert, get_device_dtype
+from timm.layers import _assert, get_device_dtype, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
@@ -152,13 +152,15 @@ class VTResNet(nn.Module):
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = True) -> None:
-        """Kaiming init for the ResNet convs (as timm's ResNet), ``init_vt_weights`` for the VT stage
-        and the classifier."""
+        """Kaiming init for the ResNet convs (as timm's ResNet), ``init_vt_weights`` for the VT stage,
+        truncated normal (std .02, as timm's ViT) for the classifier."""
         for name, module in self.named_modules():
             if isinstance(module, nn.Conv2d) and not name.startswith('vt.'):
                 nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
         init_vt_weights(self.vt)
-        init_vt_weights(self.fc)
+        if isinstance(self.fc, nn.Linear):
+            trunc_normal_(self.fc.weight, std=.02)
+            nn.init.zeros_(self.fc.bias)
         if zero_init_last:
             for module in self.modules():
                 if hasattr(module, 'zero_init_last'):
@@ -314,8 +316,10 @@ class VTResNet(nn.Module):
 def _create_vt_resnet(variant: str, pretrained: bool = False, **kwargs) -> VTResNet:
     """Build through timm (pretrained cfg, features_only, in_chans adaptation, head reset)."""
     try:
+        # no_rewrite=False: the hook extractor keeps only the modules up to layer3, not the VT stage and head
+        # that its features never reach (parameters that would get no gradient)
         return build_model_with_cfg(
-            VTResNet, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+            VTResNet, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3), no_rewrite=False),
             pretrained_filter_fn=_check_pretrained_keys, **kwargs)
     except WEIGHT_LOAD_ERRORS as e:
         if not pretrained:
