@@ -48,7 +48,8 @@ def test_vt_training_loss_keeps_up_with_resnet_under_adamw(runs):
 def test_tokens_stay_distinct_after_training(runs):
     diversity = runs['vt_resnet18'].diversity
     assert len(diversity) == 2
-X
+    for index, (module, max_cosine) in enumerate(zip(diversity, MAX_COSINE)):
+        assert module['cosine'] < max_cosine, f'module {index}: its 16 token maps collapsed ({module})'
         assert module['erank'] > 2, f'module {index}: tokens nearly parallel ({module})'
         assert 0.1 < module['entropy'] < 0.95, f'module {index}: attention one-hot or uniform ({module})'
 
