@@ -9,7 +9,7 @@ C <-> C_T maps added to them are the choices listed in docs/architecture.md, mea
 docs/training.md):
 
     tokenizer    T = BN(SOFTMAX_HW(S(X W_A))^T X W_V)                   (filter-based, first module)
-                 T = BN(SOFTMAX_HW(S(X (T_in W_T->R)^T))^T X W_V)       (recurrent, later modules)
+                 T = BN(SOFTMAX_HW(S(X (T_in W_T->R)^T / sqrt(C)))^T X W_V)   (recurrent, later modules)
                  S(Z) = BN_L(Z - mean_L Z): logits centred across the L tokens at every pixel,
                  then normalised per token with a temperature that starts at sqrt(2 ln L)
     transformer  T' = T + BN0(SOFTMAX_L(BN(T K) BN(T Q)^T / sqrt(d)) T)
