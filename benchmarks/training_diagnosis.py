@@ -16,6 +16,7 @@ import argparse
 import math
 import sys
 from collections import OrderedDict
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vt_timm.parity import RECIPES, TrainCallbacks, diversity_stats, load_fashion_mnist, train_run  # noqa: E402
-from vt_timm.visualize import vt_blocks  # noqa: E402
+from vt_timm.visualize import capture_vt_modules  # noqa: E402
 
 
 def part_of(name: str) -> str:
@@ -58,53 +59,35 @@ class Diagnosis(TrainCallbacks):
         self.records: Dict[int, Dict[str, Dict[str, float]]] = OrderedDict()
         self.active = False
         self.before: Dict[str, torch.Tensor] = {}
+        self.capturing = ExitStack()
 
     def model_created(self, model: nn.Module) -> None:
         self.parts: Dict[str, List] = OrderedDict()
         for name, p in model.named_parameters():
             self.parts.setdefault(part_of(name), []).append((name, p))
-        for i, (_, block) in enumerate(vt_blocks(model)):
-            block.tokenizer.register_forward_pre_hook(
-                lambda m, a, k, i=i: self._tokenizer_in(i, m, a, k), with_kwargs=True)
-            block.tokenizer.register_forward_hook(lambda m, a, o, i=i: self._tokenizer_out(i, o))
-            if hasattr(block.transformer, 'attention_weights'):
-                block.transformer.register_forward_pre_hook(lambda m, a, i=i: self._relation(i, m, a))
-            if block.projector is not None:
-                block.projector.register_forward_pre_hook(lambda m, a, i=i: self._projector(i, m, a))
-
-    def _module(self, i: int) -> Dict[str, float]:
-        return self.records[self.step].setdefault(f'module {i}', {})
-
-    @torch.no_grad()
-    def _tokenizer_in(self, i, module, args, kwargs):
-        if self.active:
-            self.logits = module.spatial_logits(*args, **kwargs)
-
-    @torch.no_grad()
-    def _tokenizer_out(self, i, tokens):
-        if self.active:
-            stats = diversity_stats(self.logits, tokens)
-            self._module(i).update(cosine=stats['cosine'], entropy=stats['entropy'], erank=stats['erank'])
-
-    @torch.no_grad()
-    def _relation(self, i, module, args):
-        if self.active:
-            self._module(i)['relation entropy'] = _entropy_ratio(module.attention_weights(args[0]))
-
-    @torch.no_grad()
-    def _projector(self, i, module, args):
-        if self.active:
-            self._module(i)['projector entropy'] = _entropy_ratio(module.attention_weights(*args))
 
     def before_forward(self, step: int, model: nn.Module) -> None:
         self.active = step in self.log_steps
-        self.step = step
         if self.active:
             self.records[step] = OrderedDict()
+            self.captures = self.capturing.enter_context(capture_vt_modules(model))
+
+    @torch.no_grad()
+    def _record_tokens(self, step: int) -> None:
+        """Token statistics of the training batch just seen (train mode), per VT module."""
+        self.capturing.close()
+        for i, capture in enumerate(self.captures):
+            module = self.records[step].setdefault(f'module {i}', {})
+            module.update(diversity_stats(capture.logits, capture.tokens))
+            if capture.relation_weights is not None:
+                module['relation entropy'] = _entropy_ratio(capture.relation_weights)
+            if capture.projector_weights is not None:
+                module['projector entropy'] = _entropy_ratio(capture.projector_weights)
 
     def after_backward(self, step: int, model: nn.Module, loss: torch.Tensor) -> None:
         if not self.active:
             return
+        self._record_tokens(step)
         self.records[step]['loss'] = {'loss': loss.item()}
         for part, params in self.parts.items():
             grads = [p.grad.double().pow(2).sum() for _, p in params if p.grad is not None]

@@ -22,8 +22,8 @@ from PIL import Image
 
 from vt_timm.layers import FilterTokenizer, RecurrentTokenizer, TokenTransformer, VTBlock
 from vt_timm.visualize import (
-    attention_entropy, create_vt_model, entropy_table, load_weights, main, plot_token_attention,
-    token_attention_maps, vt_blocks,
+    attention_entropy, capture_vt_modules, create_vt_model, entropy_table, load_weights, main,
+    plot_token_attention, token_attention_maps, vt_blocks,
 )
 
 SIZE = 128  # input px: an 8x8 map of 64 pixels per token map
@@ -295,6 +295,35 @@ def test_module_selection_and_mode_restored(model, photo_files):
     torch.testing.assert_close(result.modules[0].attention, full.modules[1].attention)
     with pytest.raises(ValueError, match='the model has 2 VT modules'):
         token_attention_maps(model, photo_files['astronaut'], modules=2)
+
+
+def test_capture_in_train_mode_changes_nothing(model, photo_files):
+    """A captured training pass gives the output and the BN statistics of an uncaptured one (the hooks
+    recompute logits and attention weights, and restore the statistics that recomputation moves), and
+    what it records is what the modules computed."""
+    from timm.data import create_transform, resolve_data_config
+
+    config = resolve_data_config({'input_size': (3, SIZE, SIZE)}, model=model)
+    transform = create_transform(**config)
+    batch = torch.stack([transform(Image.open(photo_files[name]).convert('RGB')) for name in ('astronaut', 'coffee')])
+    captured, plain = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    computed = {}  # what the plain model's modules computed, read from their outputs
+    for i, (_, block) in enumerate(vt_blocks(plain)):
+        block.tokenizer.logit_norm.register_forward_hook(lambda m, a, o, i=i: computed.__setitem__(('logits', i), o))
+        block.tokenizer.register_forward_hook(lambda m, a, o, i=i: computed.__setitem__(('tokens', i), o))
+    with capture_vt_modules(captured) as captures:
+        out = captured(batch)
+    torch.testing.assert_close(out, plain(batch), rtol=0, atol=0)
+    plain_state = plain.state_dict()
+    for key, value in captured.state_dict().items():
+        assert torch.equal(value, plain_state[key]), key
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in captured.modules())  # hooks removed
+    for i, capture in enumerate(captures):
+        assert capture.map_size == (SIZE // 16, SIZE // 16)
+        torch.testing.assert_close(capture.logits, computed['logits', i], rtol=0, atol=0)
+        torch.testing.assert_close(capture.tokens, computed['tokens', i], rtol=0, atol=0)
+        assert capture.relation_weights.shape == (2, 1, 16, 16)
+        torch.testing.assert_close(capture.relation_weights.sum(-1), torch.ones(2, 1, 16))
 
 
 def test_checkpoints_load_safely(model, photo_files, tmp_path):

@@ -238,28 +238,8 @@ def token_diversity(model: nn.Module, images: torch.Tensor) -> List[Dict[str, fl
     - ``erank``: effective rank (exp of the entropy of the normalised singular values) of the L x C_T
       tokens the tokenizer gathers, mean over images (1: all tokens parallel; L: all independent).
     """
-    from .visualize import vt_blocks
+    from .visualize import capture_vt_modules, forward_eval
 
-    blocks = vt_blocks(model)
-    captured: Dict[int, Dict[str, torch.Tensor]] = {i: {} for i in range(len(blocks))}
-
-    def tokenizer_pre_hook(index, module, args, kwargs):
-        captured[index]['logits'] = module.spatial_logits(*args, **kwargs)
-
-    def tokenizer_hook(index, module, args, output):
-        captured[index]['tokens'] = output
-
-    handles = []
-    for i, (_, block) in enumerate(blocks):
-        handles.append(block.tokenizer.register_forward_pre_hook(
-            lambda m, a, k, i=i: tokenizer_pre_hook(i, m, a, k), with_kwargs=True))
-        handles.append(block.tokenizer.register_forward_hook(lambda m, a, o, i=i: tokenizer_hook(i, m, a, o)))
-    was_training = model.training
-    model.eval()
-    try:
-        model(images)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return [diversity_stats(captured[i]['logits'], captured[i]['tokens']) for i in range(len(blocks))]
+    with capture_vt_modules(model) as captures:
+        forward_eval(model, images)
+    return [diversity_stats(capture.logits, capture.tokens) for capture in captures]

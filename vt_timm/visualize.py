@@ -15,9 +15,11 @@ entropy ``-sum A log A`` of every token against the uniform ``ln(HW)``.
 import argparse
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from PIL import Image
 from .layers import VTBlock
 
 __all__ = [
-    'ModuleAttention', 'TokenAttention', 'vt_blocks', 'create_vt_model', 'load_weights', 'resolve_image_config',
+    'ModuleAttention', 'TokenAttention', 'ModuleCapture', 'vt_blocks', 'capture_vt_modules', 'create_vt_model', 'load_weights', 'resolve_image_config',
     'load_image', 'token_attention_maps', 'attention_entropy', 'entropy_table', 'plot_token_attention', 'main',
 ]
 
@@ -79,6 +81,96 @@ def _relation(block: nn.Module) -> Optional[nn.Module]:
         if isinstance(module, nn.Module):
             return module
     return None
+
+
+@dataclass
+class ModuleCapture:
+    """What one VT module computed in the latest forward pass under ``capture_vt_modules`` (detached).
+
+    Attributes:
+        logits: (N, L, HW) the tokenizer's pre-softmax spatial attention.
+        map_size: (H, W) of the feature map the tokenizer read.
+        tokens: (N, L, C_T) the tokens the tokenizer gathered (before the relation).
+        relation_weights: (N, heads, L, L) the relation's attention over tokens, or None (no such weights).
+        projector_weights: (N * heads, HW, L) the projector's attention over tokens, or None.
+    """
+    logits: Optional[torch.Tensor] = None
+    map_size: Tuple[int, int] = (0, 0)
+    tokens: Optional[torch.Tensor] = None
+    relation_weights: Optional[torch.Tensor] = None
+    projector_weights: Optional[torch.Tensor] = None
+
+
+@contextmanager
+def _buffers_restored(module: nn.Module) -> Iterator[None]:
+    """Run part of ``module`` a second time without side effects: its buffers (BN statistics) are restored."""
+    saved = [(buffer, buffer.clone()) for buffer in module.buffers()]
+    try:
+        yield
+    finally:
+        for buffer, value in saved:
+            buffer.copy_(value)
+
+
+@torch.no_grad()
+def _capture_input(capture: ModuleCapture, field_name: str, module: nn.Module, args, kwargs) -> None:
+    """Forward pre-hook: recompute the module's attention from its own inputs and keep it."""
+    with _buffers_restored(module):
+        if field_name == 'logits':
+            x = args[0] if args else kwargs['x']
+            capture.map_size = tuple(x.shape[-2:])
+            capture.logits = module.spatial_logits(*args, **kwargs).detach()
+        else:
+            setattr(capture, field_name, module.attention_weights(*args, **kwargs).detach())
+
+
+def _capture_tokens(capture: ModuleCapture, module: nn.Module, args, output: torch.Tensor) -> None:
+    capture.tokens = output.detach()
+
+
+@contextmanager
+def capture_vt_modules(model: nn.Module, modules: Optional[Sequence[int]] = None) -> Iterator[List[ModuleCapture]]:
+    """Record what the VT modules attend to in every forward pass inside the ``with`` block.
+
+    Yields one ``ModuleCapture`` per selected VT module (``modules``: indices into ``vt_blocks(model)``,
+    None = all), filled by each forward pass. Hooks recompute the tokenizer's ``spatial_logits`` and
+    the relation's / projector's ``attention_weights`` from the modules' own inputs, with the BN
+    statistics restored afterwards, so a captured pass (train or eval mode) leaves the model exactly as
+    an uncaptured one would. The hooks are removed on exit.
+    """
+    blocks = vt_blocks(model)
+    selected = list(range(len(blocks))) if modules is None else list(modules)
+    captures = [ModuleCapture() for _ in selected]
+    handles = []
+    try:
+        for i, capture in zip(selected, captures):
+            name, block = blocks[i]
+            tokenizer = getattr(block, 'tokenizer', None)
+            if tokenizer is None or not hasattr(tokenizer, 'spatial_logits'):
+                raise ValueError(f'{name}: its tokenizer {type(tokenizer).__name__} has no spatial_logits(x, tokens)')
+            handles.append(tokenizer.register_forward_pre_hook(
+                partial(_capture_input, capture, 'logits'), with_kwargs=True))
+            handles.append(tokenizer.register_forward_hook(partial(_capture_tokens, capture)))
+            for field_name, part in (('relation_weights', _relation(block)),
+                                     ('projector_weights', getattr(block, 'projector', None))):
+                if part is not None and hasattr(part, 'attention_weights'):
+                    handles.append(part.register_forward_pre_hook(
+                        partial(_capture_input, capture, field_name), with_kwargs=True))
+        yield captures
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def forward_eval(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """``model(batch)`` in eval mode without gradients; the model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model(batch)
+    finally:
+        model.train(was_training)
 
 
 def _model_name(model: nn.Module) -> str:
@@ -239,8 +331,7 @@ def token_attention_maps(
         modules: VT module index, list of indices, or None / 'all'.
         img_size, mean, std, crop_pct: overrides of timm's data config for the model.
 
-    Hooks on the tokenizers and relations capture their inputs during one eval-mode forward pass;
-    the model's train/eval mode is restored afterwards.
+    ``capture_vt_modules`` records one eval-mode forward pass; the model's train/eval mode is restored.
     """
     from timm.data import create_transform
 
@@ -266,51 +357,19 @@ def token_attention_maps(
     batch = input[None].to(device=param.device if param is not None else 'cpu',
                            dtype=param.dtype if param is not None and param.is_floating_point() else torch.float32)
 
-    captured: Dict[int, Dict[str, torch.Tensor]] = {i: {} for i in selected}
-    handles = []
-
-    def tokenizer_hook(index, module, args, kwargs):
-        x = args[0] if args else kwargs['x']
-        logits = module.spatial_logits(*args, **kwargs)  # (N, L, HW); computed before anything can touch x
-        captured[index]['attention'] = logits.float().softmax(dim=-1).reshape(*logits.shape[:2], *x.shape[-2:])
-
-    def relation_hook(index, module, args, kwargs):
-        tokens = args[0] if args else kwargs['tokens']
-        captured[index]['weights'] = module.attention_weights(tokens).float()  # (N, heads, L, L)
-
+    with capture_vt_modules(model, selected) as captures:
+        forward_eval(model, batch)
     results = []
-    try:
-        for i in selected:
-            name, block = blocks[i]
-            tokenizer = getattr(block, 'tokenizer', None)
-            if tokenizer is None or not hasattr(tokenizer, 'spatial_logits'):
-                raise ValueError(f'{name}: its tokenizer {type(tokenizer).__name__} has no spatial_logits(x, tokens)')
-            handles.append(tokenizer.register_forward_pre_hook(
-                lambda m, a, k, i=i: tokenizer_hook(i, m, a, k), with_kwargs=True))
-            relation = _relation(block)
-            if relation is not None and hasattr(relation, 'attention_weights'):
-                handles.append(relation.register_forward_pre_hook(
-                    lambda m, a, k, i=i: relation_hook(i, m, a, k), with_kwargs=True))
-        was_training = model.training
-        model.eval()
-        try:
-            model(batch)
-        finally:
-            model.train(was_training)
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    for i in selected:
+    for i, capture in zip(selected, captures):
         name, block = blocks[i]
         relation = _relation(block)
         relation_name = type(relation).__name__ if relation is not None else 'none'
-        if 'attention' not in captured[i]:
+        if capture.logits is None:
             raise RuntimeError(f'{name}: its tokenizer did not run in the forward pass')
-        attention = captured[i]['attention'][0].cpu()
+        attention = capture.logits[0].float().softmax(dim=-1).reshape(-1, *capture.map_size).cpu()
         result = ModuleAttention(i, name, type(block.tokenizer).__name__, relation_name, attention)
-        if 'weights' in captured[i]:
-            weights = captured[i]['weights'][0].mean(dim=0).cpu()  # mean over heads: rows still sum to 1
+        if capture.relation_weights is not None:
+            weights = capture.relation_weights[0].float().mean(dim=0).cpu()  # mean over heads: rows still sum to 1
             result.weights = weights
             result.propagated = (weights @ attention.flatten(1)).reshape(attention.shape)
         else:
