@@ -13,10 +13,8 @@ A benchmark, not a test: about 3 minutes per run on a 2-core CPU (18 runs by def
 are cached as JSON under --runs, so an interrupted benchmark resumes where it stopped.
 """
 import argparse
-import json
 import statistics
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -25,26 +23,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vt_timm.parity import RECIPES, RunResult, load_fashion_mnist, train_run  # noqa: E402
+from vt_timm.parity import RECIPES, RunResult, cached_train_run, load_fashion_mnist  # noqa: E402
 from vt_timm.profile import profile_model  # noqa: E402
 
 TARGET_COSINE = 0.5
-
-
-def cached_run(model: str, recipe: str, seed: int, data, args: argparse.Namespace) -> RunResult:
-    """One ``train_run``, reused from --runs if it already finished with these settings."""
-    key = f'{model}-{recipe}-s{seed}-{args.train_samples}x{args.epochs}-{args.img_size}px'
-    path = Path(args.runs) / f'{key}.json'
-    if path.is_file():
-        return RunResult(**json.loads(path.read_text()))
-    result, _ = train_run(model, recipe, seed, data, epochs=args.epochs, batch_size=args.batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix('.partial')
-    partial.write_text(json.dumps(asdict(result)))
-    partial.replace(path)
-    print(f'{key}: train loss {result.train_loss:.3f}  train top-1 {result.train_top1:.1f}  '
-          f'held-out top-1 {result.test_top1:.1f}  ({result.seconds:.0f}s)', flush=True)
-    return result
 
 
 def _stats(values: List[float]) -> Dict[str, float]:
@@ -130,7 +112,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     torch.set_num_threads(args.threads)
     data = load_fashion_mnist(args.train_samples, args.test_samples, args.img_size)
     macs = {m: profile_model(m, img_size=args.img_size, num_classes=10, in_chans=1).macs / 1e6 for m in args.models}
-    results = {recipe: {m: [cached_run(m, recipe, seed, data, args) for seed in args.seeds] for m in args.models}
+    results = {recipe: {m: [cached_train_run(m, recipe, seed, data, args.runs, args.epochs, args.batch_size)
+                              for seed in args.seeds] for m in args.models}
                for recipe in args.recipes}
     text = report(results, macs, args)
     print(text)

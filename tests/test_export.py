@@ -23,6 +23,9 @@ import vt_timm.export
 from vt_timm.export import ERROR_FACTOR, check_export, export_onnx, export_torchscript, float32_error, main, second_size
 
 MODEL_NAMES = ('vt_resnet18', 'vt_resnet34', 'vt_resnet50', 'vt_resnet101')
+# ONNX, the slowest export (20-37 s a model on 2 cores): one model per block type. VT-ResNet-34 and -101
+# are VT-ResNet-18 and -50 at other depths, the same modules and graph patterns (TorchScript covers all 4).
+ONNX_MODEL_NAMES = ('vt_resnet18', 'vt_resnet50')
 IMG_SIZE = 224
 SIZES = ((IMG_SIZE, IMG_SIZE), second_size(IMG_SIZE))  # 224x224, then 256x168 through the dynamic axes
 # TorchScript runs the same ATen kernels as eager PyTorch: equal up to float32 eps.
@@ -71,6 +74,8 @@ def assert_close_to_pytorch(model: nn.Module, diffs: List[float], inputs: List[t
 
 
 def test_onnx_matches_pytorch(model, photos, tmp_path):
+    if model.pretrained_cfg['architecture'] not in ONNX_MODEL_NAMES:
+        pytest.skip(f'ONNX export is checked on {", ".join(ONNX_MODEL_NAMES)} (one per block type)')
     path = export_onnx(model, tmp_path / 'model.onnx', (3, IMG_SIZE, IMG_SIZE), dynamic_size=True)
     inputs = [photos(size, num=1) for size in SIZES]  # batch 1: the trace had 2, the batch axis is dynamic
     assert_close_to_pytorch(model, check_export(model, path, 'onnx', inputs), inputs)

@@ -18,8 +18,9 @@ from vt_timm.plot import read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / 'configs' / 'quickstart_fashion_mnist.yaml')
-# the quickstart recipe, shrunk to about a minute on 2 CPU cores
-SMALL_RUN = ['--train-num-samples', '3000', '--val-num-samples', '500', '--epochs', '2', '--log-interval', '10']
+# the quickstart recipe, shrunk to about a minute on 2 CPU cores: 2 epochs of 1,500 images (47 updates),
+# measured 50.2% held-out top-1 and train loss 2.09 -> 1.80 (1,000 images: 37.2%, too close to the bound)
+SMALL_RUN = ['--train-num-samples', '1500', '--val-num-samples', '500', '--epochs', '2', '--log-interval', '10']
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
@@ -125,20 +126,20 @@ def test_validate_config_takes_shared_keys_only(tmp_path):
 
 
 def test_quickstart_script_trains_then_validates(data_dir, tmp_path):
-    """README Quickstart command 1 (here 1 epoch on 640 images): validate.py's top-1 is train.py's best."""
+    """README Quickstart command 1 (here 1 epoch on 320 images): validate.py's top-1 is train.py's best."""
     subprocess.run(['bash', str(ROOT / 'scripts' / 'quickstart.sh'), '--data-dir', data_dir,
-                    '--train-num-samples', '640', '--val-num-samples', '200', '--epochs', '1'],
+                    '--train-num-samples', '320', '--val-num-samples', '100', '--epochs', '1'],
                    env={**os.environ, 'OUTPUT': str(tmp_path)}, check=True, capture_output=True)
     run_dir = tmp_path / 'quickstart'
     validated = json.loads((run_dir / 'validate.json').read_text())
-    assert validated['samples'] == 200
+    assert validated['samples'] == 100
     assert validated['top1'] == pytest.approx(max(read_summary(run_dir / 'summary.csv')['eval_top1']), abs=1e-3)
 
 
 def _train_command(data_dir: str, output: Path, experiment: str, *extra: str):
     return [sys.executable, '-u', str(ROOT / 'train.py'), '-c', QUICKSTART, '--data-dir', data_dir,
-            '--output', str(output), '--experiment', experiment, '--train-num-samples', '640',
-            '--val-num-samples', '200', '--epochs', '2', '-b', '32', '--log-interval', '2', *extra]
+            '--output', str(output), '--experiment', experiment, '--train-num-samples', '320',
+            '--val-num-samples', '100', '--epochs', '2', '-b', '32', '--log-interval', '2', *extra]
 
 
 def _final_state(run_dir: Path):

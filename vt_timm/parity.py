@@ -10,9 +10,10 @@ loss and top-1 of the last updates (train mode), held-out top-1 (eval mode) and,
 distinct the tokens of every module are (``token_diversity``).
 """
 import gzip
+import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -24,7 +25,8 @@ from .data import DEBIAN_FASHION_MNIST, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from .layers import VTBlock
 
 __all__ = [
-    'RECIPES', 'Recipe', 'RunResult', 'TrainCallbacks', 'load_fashion_mnist', 'train_run', 'token_diversity',
+    'RECIPES', 'Recipe', 'RunResult', 'TrainCallbacks', 'load_fashion_mnist', 'train_run', 'cached_train_run',
+    'token_diversity',
     'diversity_stats', 'evaluate',
 ]
 
@@ -204,6 +206,35 @@ def train_run(
     if any(isinstance(m, VTBlock) for m in model.modules()):
         result.diversity = token_diversity(model, test_x[:diversity_images])
     return result, model
+
+
+def cached_train_run(
+        model_name: str,
+        recipe: str,
+        seed: int,
+        data: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+        runs_dir: Union[str, Path],
+        epochs: int = 2,
+        batch_size: int = 50,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+) -> RunResult:
+    """``train_run``, its result kept as JSON under ``runs_dir`` and reused by any later call with the same
+    model, keywords, recipe, seed, data sizes, epochs and batch (the benchmarks share finished runs)."""
+    kwargs = ''.join(f'[{k}={v}]' for k, v in sorted((model_kwargs or {}).items()))
+    train_x, _, test_x, _ = data
+    key = (f'{model_name}{kwargs}-{recipe}-s{seed}-{len(train_x)}x{epochs}-b{batch_size}-'
+           f'{len(test_x)}test-{train_x.shape[-1]}px')
+    path = Path(runs_dir) / f'{key}.json'
+    if path.is_file():
+        return RunResult(**json.loads(path.read_text()))
+    result, _ = train_run(model_name, recipe, seed, data, epochs=epochs, batch_size=batch_size, model_kwargs=model_kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix('.partial')
+    partial.write_text(json.dumps(asdict(result)))
+    partial.replace(path)
+    print(f'{key}: train loss {result.train_loss:.3f}  train top-1 {result.train_top1:.1f}  '
+          f'held-out top-1 {result.test_top1:.1f}  ({result.seconds:.0f}s)', flush=True)
+    return result
 
 
 def _mean_pairwise_cosine(maps: torch.Tensor) -> torch.Tensor:
