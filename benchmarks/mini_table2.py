@@ -2,7 +2,7 @@
 """Table 2 of Visual Transformers (Wu et al., arXiv:2006.03677) in miniature, on real data.
 
 ResNet-18, VT-ResNet-18 and the R18 ablation rows of Tables 3, 5 and 7 (pooling first tokenizer,
-no token relation, no projector) trained with the training-parity protocol (``vt_timm.parity``: the
+no token relation, no projector) trained with the training-parity protocol (``vt_timm.tools.parity``: the
 same fixed subset of real Fashion-MNIST at 112 px for every run, so the stride-16 map is 7x7, the
 same batches and seeds for every model, one of the paper's optimiser recipes, the paper's default
 Nesterov SGD unless --recipe says otherwise), several seeds each; writes train loss, train and
@@ -17,15 +17,15 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vt_timm.parity import RECIPES, cached_train_run, load_fashion_mnist  # noqa: E402
-from vt_timm.profile import format_table, profile_model  # noqa: E402
+from vt_timm.tools.parity import RECIPES, cached_train_run, load_fashion_mnist  # noqa: E402
+from vt_timm.tools.macs import format_table, profile_model  # noqa: E402
 
 # row name -> (timm model, --model-kwargs); the paper's R18 rows: Table 2, 3, 5, 7 (top-1, MMACs, M params)
 ROWS = {
@@ -88,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             f'{paper_params}', f'{paper_top1}'])
         print(format_table(rows), flush=True)
     recipe = RECIPES[args.recipe]
-    setup = (f'The training-parity protocol (vt_timm.parity): real Fashion-MNIST (Debian dataset-fashion-mnist), '
+    setup = (f'The training-parity protocol (vt_timm.tools.parity): real Fashion-MNIST (Debian dataset-fashion-mnist), '
              f'the same {args.train_samples} training and {args.test_samples} held-out test images for every run; '
              f'grey, {args.img_size} px (stride-16 map {(args.img_size + 15) // 16}x{(args.img_size + 15) // 16}); '
              f'recipe {args.recipe} ({recipe.note}; lr {recipe.lr:g} at batch {args.batch_size}, cosine); '

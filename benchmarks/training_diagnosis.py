@@ -9,7 +9,7 @@ network (stem, layer1-3 or 4, the VT lift, each VT module's tokenizer / attentio
 the classifier) the gradient norm and the relative update |dW| / |W| of the optimiser step; per VT
 module, measured on the training batch in train mode: the tokenizer's attention (mean pairwise cosine
 of the L maps, entropy / ln(HW)), the effective rank of the gathered tokens (of L), and the entropy of
-the transformer's and projector's attention over the L tokens (/ ln L). Uses ``vt_timm.parity``'s data,
+the transformer's and projector's attention over the L tokens (/ ln L). Uses ``vt_timm.tools.parity``'s data,
 recipes and training loop, so its runs are the parity benchmark's runs.
 """
 import argparse
@@ -26,8 +26,8 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vt_timm.parity import RECIPES, TrainCallbacks, diversity_stats, load_fashion_mnist, train_run  # noqa: E402
-from vt_timm.visualize import capture_vt_modules  # noqa: E402
+from vt_timm.tools.parity import RECIPES, TrainCallbacks, diversity_stats, load_fashion_mnist, train_run  # noqa: E402
+from vt_timm.tools.visualize import capture_vt_modules  # noqa: E402
 
 
 def part_of(name: str) -> str:

@@ -2,7 +2,7 @@
 """Training parity: does VT-ResNet-18 train at least as well as ResNet-18 under each recipe?
 
 Real Fashion-MNIST at 112 px (the stride-16 map is 7x7), the same images, batch order and seeds for
-both models, the three optimiser families of the paper's recipes (``vt_timm.parity.RECIPES``: Nesterov
+both models, the three optimiser families of the paper's recipes (``vt_timm.tools.parity.RECIPES``: Nesterov
 SGD, AdamW, TF RMSProp with warm-up), several seeds each. Prints and writes a Markdown report: final
 train loss, train and held-out top-1 (mean, spread), MACs, and per VT module after training how
 distinct the tokens are (mean pairwise cosine of the L attention maps, entropy / ln(HW)).
@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vt_timm.parity import RECIPES, RunResult, cached_train_run, load_fashion_mnist  # noqa: E402
-from vt_timm.profile import profile_model  # noqa: E402
+from vt_timm.tools.parity import RECIPES, RunResult, cached_train_run, load_fashion_mnist  # noqa: E402
+from vt_timm.tools.macs import profile_model  # noqa: E402
 
 TARGET_COSINE = 0.5
 

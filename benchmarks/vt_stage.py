@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import vt_timm  # noqa: E402,F401  registers the models
-from vt_timm.profile import count_call_macs, format_table  # noqa: E402
+from vt_timm.tools.macs import count_call_macs, format_table  # noqa: E402
 
 Run = Callable[[], torch.Tensor]
 

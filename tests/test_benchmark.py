@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-import benchmark
+from vt_timm.cli import benchmark
 
 FAST = ['-b', '2', '--img-size', '64', '--num-warm-iter', '1', '--num-bench-iter', '2', '--threads', '1']
 
@@ -55,7 +55,7 @@ def test_vt_stage_table_parts_add_up():
     """benchmarks/vt_stage.py: the parts' MACs add up to the VT stage's, which (and layer4's) equal the
     model counter's stage-5 figures times the batch, and every timing is positive."""
     from benchmarks.vt_stage import stage_table
-    from vt_timm.profile import profile_model
+    from vt_timm.tools.macs import profile_model
     rows = {r[0]: r[1:] for r in stage_table([18], batch_size=2, rounds=1)[1:]}
     mmacs = {name: float(r[0]) for name, r in rows.items()}
     parts = sum(v for name, v in mmacs.items() if name.startswith('- '))

@@ -8,9 +8,9 @@ import yaml
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
-from train import create_parser
+from vt_timm.cli.train import create_parser
 
-CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
+CONFIGS = Path(__file__).resolve().parents[1] / 'vt_timm' / 'configs'
 MODELS = ('vt_resnet18', 'vt_resnet34', 'vt_resnet50', 'vt_resnet101')
 PROCESSES = 8  # the paper trains on 8 GPUs; the configs' batch_size is per process
 
@@ -83,7 +83,7 @@ def test_quickstart_normalisation_is_the_training_set_statistics(tmp_path):
     """The quickstart's mean/std are Fashion-MNIST's measured per-pixel statistics (60k training images)."""
     from torchvision.datasets import FashionMNIST
 
-    from vt_timm.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, prepare_fashion_mnist
+    from vt_timm.tools.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, prepare_fashion_mnist
 
     pixels = FashionMNIST(str(prepare_fashion_mnist(tmp_path)), train=True).data.double() / 255
     assert (round(pixels.mean().item(), 4), round(pixels.std().item(), 4)) == (FASHION_MNIST_MEAN, FASHION_MNIST_STD)

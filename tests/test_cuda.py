@@ -7,8 +7,8 @@ import pytest
 import timm
 import torch
 
-import benchmark
-import train
+from vt_timm.cli import benchmark
+from vt_timm.cli import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 MODELS = ['vt_resnet18', 'vt_resnet34', 'vt_resnet50', 'vt_resnet101']
@@ -55,7 +55,7 @@ def test_inductor_matches_eager(name, photos):
 
 def test_train_py_on_cuda_with_amp_and_channels_last(tmp_path):
     metrics = train.main([
-        '-c', str(ROOT / 'configs' / 'quickstart_fashion_mnist.yaml'), '--data-dir', str(tmp_path / 'data'),
+        '-c', str(ROOT / 'vt_timm' / 'configs' / 'quickstart_fashion_mnist.yaml'), '--data-dir', str(tmp_path / 'data'),
         '--output', str(tmp_path), '--experiment', 'cuda', '--device', 'cuda', '--amp', '--channels-last',
         '--train-num-samples', '2000', '--val-num-samples', '500', '--epochs', '2'])
     assert metrics['top1'] >= 35.

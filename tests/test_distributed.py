@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vt_timm.plot import read_summary
+from vt_timm.tools.plot import read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 64
@@ -23,7 +23,7 @@ def _train(tmp_path: Path, model: str, processes: int) -> Path:
         if processes > 1 else [sys.executable]
     experiment = f'{model}-{processes}'
     result = subprocess.run([
-        *launcher, str(ROOT / 'train.py'), '-c', str(ROOT / 'configs' / 'quickstart_fashion_mnist.yaml'),
+        *launcher, str(ROOT / 'train.py'), '-c', str(ROOT / 'vt_timm' / 'configs' / 'quickstart_fashion_mnist.yaml'),
         '--data-dir', str(tmp_path / 'data'), '--output', str(tmp_path), '--experiment', experiment,
         '--model', model, '-b', str(GLOBAL_BATCH // processes), '--train-num-samples', str(GLOBAL_BATCH),
         '--val-num-samples', '64', '--epochs', str(EPOCHS), '--warmup-epochs', '0', '--no-aug', '-j', '0',

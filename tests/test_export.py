@@ -1,4 +1,4 @@
-"""ONNX and TorchScript export of every VT-ResNet (vt_timm/export.py), checked on real photographs.
+"""ONNX and TorchScript export of every VT-ResNet (vt_timm/tools/export.py), checked on real photographs.
 
 The models under test have every residual branch active (``zero_init_last=False``) and BN statistics
 of four real photos at 224 px, as after training, so that every op of the graph moves the logits.
@@ -8,7 +8,7 @@ rounding error on the same input, measured against a float64 copy of the model: 
 kernels round differently from PyTorch's; |onnx - torch| measured 1.0-1.8x |torch32 - torch64| on
 these models (0.5-2.3x on other random weights tried), while an export bug (a wrong op, a shape baked
 in at the traced size, BN in train mode) moves the logits by about their own magnitude, >1000x that
-error. The limit is ``ERROR_FACTOR`` (10) x the float32 error, as in ``python -m vt_timm.export``.
+error. The limit is ``ERROR_FACTOR`` (10) x the float32 error, as in ``python -m vt_timm.cli.export``.
 """
 from pathlib import Path
 from typing import Callable, List
@@ -19,8 +19,9 @@ import timm
 import torch
 import torch.nn as nn
 
-import vt_timm.export
-from vt_timm.export import ERROR_FACTOR, check_export, export_onnx, export_torchscript, float32_error, main, second_size
+import vt_timm.cli.export
+from vt_timm.cli.export import main
+from vt_timm.tools.export import ERROR_FACTOR, check_export, export_onnx, export_torchscript, float32_error, second_size
 
 MODEL_NAMES = ('vt_resnet18', 'vt_resnet34', 'vt_resnet50', 'vt_resnet101')
 # ONNX, the slowest export (20-37 s a model on 2 cores): one model per block type. VT-ResNet-34 and -101
@@ -134,7 +135,7 @@ def test_cli_exports_checkpoint_weights(fmt, save_checkpoint, name, extra, photo
 def test_cli_keeps_old_file_when_check_fails(tmp_path, monkeypatch):
     output = tmp_path / 'model.pt'
     output.write_bytes(b'an older export')
-    monkeypatch.setattr(vt_timm.export, 'check_export', lambda model, path, fmt, inputs: [1.] * len(inputs))
+    monkeypatch.setattr(vt_timm.cli.export, 'check_export', lambda model, path, fmt, inputs: [1.] * len(inputs))
     with pytest.raises(SystemExit, match='not written: the export differs from the PyTorch model by 1'):
         main(['--format', 'torchscript', '--output', str(output)])
     assert output.read_bytes() == b'an older export'

@@ -23,12 +23,13 @@ import timm
 import torch
 import yaml
 
-import train
-import validate
-from vt_timm import hub
+from vt_timm.cli import train
+from vt_timm.cli import validate
+from vt_timm.cli import hub
+from vt_timm.tools import hub as hub_tools
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / 'configs' / 'quickstart_fashion_mnist.yaml')
+QUICKSTART = str(ROOT / 'vt_timm' / 'configs' / 'quickstart_fashion_mnist.yaml')
 FMNIST_REPO = 'vt-timm-test/vt_resnet18.fmnist'
 IN1K_REPO = timm.models.get_pretrained_cfg('vt_resnet18').hf_hub_id  # the registered tag's repo
 COMMIT = 'a' * 40
@@ -53,7 +54,7 @@ def exported(trained_run):
     out = trained_run.parent / 'export'
     hub.main(['export', str(trained_run / 'last.pth.tar'), '--out', str(out), '--tag', 'fmnist', '--use-ema',
               '--results', str(trained_run / 'results.json'), '--repo-id', FMNIST_REPO])
-    model = hub.load_trained_model(trained_run / 'last.pth.tar', yaml.safe_load((trained_run / 'args.yaml').read_text()),
+    model = hub_tools.load_trained_model(trained_run / 'last.pth.tar', yaml.safe_load((trained_run / 'args.yaml').read_text()),
                                    use_ema=True)
     return out, model
 
@@ -278,10 +279,10 @@ def test_export_refuses_bad_input_and_never_overwrites(exported, trained_run, tm
 
 def test_push_dry_run_lists_and_uploads_nothing(exported, capsys, tmp_path):
     out, _ = exported
-    assert hub.push(out, 'someone/vt_resnet18.fmnist', dry_run=True) == 'https://huggingface.co/someone/vt_resnet18.fmnist'
+    assert hub_tools.push(out, 'someone/vt_resnet18.fmnist', dry_run=True) == 'https://huggingface.co/someone/vt_resnet18.fmnist'
     printed = capsys.readouterr().out
     assert 'would upload to https://huggingface.co/someone/vt_resnet18.fmnist' in printed
     assert all(name in printed for name in ('config.json', 'model.safetensors', 'README.md'))
     (tmp_path / 'config.json').write_text('{}')
     with pytest.raises(SystemExit, match=r"missing \['model.safetensors', 'README.md'\]"):
-        hub.push(tmp_path, 'someone/x', dry_run=True)
+        hub_tools.push(tmp_path, 'someone/x', dry_run=True)

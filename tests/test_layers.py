@@ -1,7 +1,7 @@
 """Value-level unit tests of the VT building blocks in ``vt_timm.layers``.
 
 Every block is checked against a direct, independent transcription of its equation (arXiv
-2006.03677 v4, with the norm / scaling / value-map choices documented in ``vt_timm/layers.py``)
+2006.03677 v4, with the norm / scaling / value-map choices documented in ``vt_timm/layers/``)
 on small float64 tensors, using the module's own weights. BatchNorm layers are put in eval mode
 with non-trivial running statistics and affine parameters set here, so they are part of every
 check. The reference helpers below never call the module code under test: softmax is written as

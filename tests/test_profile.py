@@ -8,9 +8,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vt_timm.layers import ClusteringTokenizer, Projector
-from vt_timm.profile import (
-    ABLATION_DEPTHS, PAPER_ABLATIONS, PAPER_TABLE2, PAPER_TABLE8, Profile, main, profile_model,
+from vt_timm.tools.macs import (
+    ABLATION_DEPTHS, PAPER_ABLATIONS, PAPER_TABLE2, PAPER_TABLE8, Profile, profile_model,
 )
+from vt_timm.cli.macs import main
 
 DOCS = Path(__file__).resolve().parents[1] / 'docs' / 'profile.md'
 

@@ -1,4 +1,4 @@
-"""vt_timm.run_script: a script that never imports vt_timm still sees the VT-ResNets."""
+"""vt_timm.cli.run_script: a script that never imports vt_timm still sees the VT-ResNets."""
 import subprocess
 import sys
 
@@ -9,7 +9,7 @@ def test_foreign_script_sees_registered_models(tmp_path):
         'import sys, timm\n'
         'model = timm.create_model(sys.argv[1], num_classes=int(sys.argv[2]), device="meta")\n'
         'print(type(model).__name__, model.num_classes)\n')
-    out = subprocess.run([sys.executable, '-m', 'vt_timm.run_script', str(script), 'vt_resnet34', '7'],
+    out = subprocess.run([sys.executable, '-m', 'vt_timm.cli.run_script', str(script), 'vt_resnet34', '7'],
                          check=True, capture_output=True, text=True).stdout
     assert out.strip() == 'VTResNet 7'
 

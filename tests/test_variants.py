@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timm.layers import set_scriptable
 from timm.models import create_feature_extractor
 
-import train
+from vt_timm.cli import train
 from test_layers import (
     prepared, randomize_bn_, ref_bn, ref_filter_tokenizer, ref_projector, ref_recurrent_tokenizer, ref_softmax,
     ref_transformer, ref_value_map,

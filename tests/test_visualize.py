@@ -1,4 +1,4 @@
-"""Token attention maps (vt_timm.visualize, paper section 7) on real photographs.
+"""Token attention maps (vt_timm.tools.visualize, paper section 7) on real photographs.
 
 Photos: scikit-image's astronaut/chelsea/coffee written as PNG/JPEG files, and foolbox's ImageNet
 samples. Most checks run at 128 px (an 8x8 stride-16 map) to stay fast on 2 CPU cores.
@@ -21,10 +21,11 @@ import torch.nn as nn
 from PIL import Image
 
 from vt_timm.layers import FilterTokenizer, RecurrentTokenizer, TokenTransformer, VTBlock
-from vt_timm.visualize import (
-    attention_entropy, capture_vt_modules, create_vt_model, entropy_table, load_weights, main,
-    plot_token_attention, token_attention_maps, vt_blocks,
+from vt_timm.tools.visualize import (
+    attention_entropy, capture_vt_modules, create_vt_model, entropy_table, load_weights, plot_token_attention,
+    token_attention_maps, vt_blocks,
 )
+from vt_timm.cli.visualize import main
 
 SIZE = 128  # input px: an 8x8 map of 64 pixels per token map
 HW = (SIZE // 16) ** 2
@@ -426,7 +427,7 @@ def test_cli_errors(photo_files, tmp_path):
 
 
 def test_cli_end_to_end_with_run_config(photo_files, tmp_path):
-    """``python -m vt_timm.visualize -c args.yaml --checkpoint ...``: a 1-channel 10-class run, as the quickstart."""
+    """``python -m vt_timm.cli.visualize -c args.yaml --checkpoint ...``: a 1-channel 10-class run, as the quickstart."""
     torch.manual_seed(1)
     trained = sharpen(timm.create_model('vt_resnet18', in_chans=1, num_classes=10))
     torch.save({'state_dict': trained.state_dict(), 'epoch': 1}, tmp_path / 'model_best.pth.tar')
@@ -435,7 +436,7 @@ def test_cli_end_to_end_with_run_config(photo_files, tmp_path):
         'crop_pct: 1.0\nmodel_kwargs: {}\nepochs: 2\n')
     out = tmp_path / 'tokens.png'
     run = subprocess.run(
-        [sys.executable, '-m', 'vt_timm.visualize', '-c', str(tmp_path / 'args.yaml'), '--checkpoint',
+        [sys.executable, '-m', 'vt_timm.cli.visualize', '-c', str(tmp_path / 'args.yaml'), '--checkpoint',
          str(tmp_path / 'model_best.pth.tar'), '--image', str(photo_files['astronaut']), '--out', str(out),
          '--cell-px', '20'],
         cwd=REPO, capture_output=True, text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS='1'))

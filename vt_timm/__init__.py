@@ -3,7 +3,7 @@
 Importing the package registers ``vt_resnet18/34/50/101`` in timm's model registry.
 """
 from .layers import FilterTokenizer, Projector, RecurrentTokenizer, TokenTransformer, VTBlock, VTStage
-from .vt_resnet import VTResNet
+from .models import VTResNet
 
 __version__ = '0.1.0'
 

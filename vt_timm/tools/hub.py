@@ -1,8 +1,8 @@
 """Publish trained VT-ResNets (Wu et al., arXiv:2006.03677) on the Hugging Face Hub, in timm's format.
 
-    python -m vt_timm.hub export output/run/model_best.pth.tar --out hub/vt_resnet18.fmnist --tag fmnist \
+    vt-hub export output/run/model_best.pth.tar --out hub/vt_resnet18.fmnist --tag fmnist \
         [--use-ema] [--results output/run/validate.json]
-    python -m vt_timm.hub push hub/vt_resnet18.fmnist --repo-id you/vt_resnet18.fmnist [--dry-run]
+    vt-hub push hub/vt_resnet18.fmnist --repo-id you/vt_resnet18.fmnist [--dry-run]
 
 ``export`` reads the run's ``args.yaml`` (next to the checkpoint, or ``--args``) for the architecture,
 classes, input channels, preprocessing and recipe; writes ``config.json`` and ``model.safetensors``
@@ -11,7 +11,6 @@ back (``local-dir:``) with bit-identical outputs before it appears under ``--out
 folder and uploads it with huggingface_hub (token: ``HF_TOKEN`` or ``hf auth login``). Anyone then
 loads it with ``timm.create_model('hf-hub:you/vt_resnet18.fmnist', pretrained=True)``.
 """
-import argparse
 import json
 import shutil
 import tempfile
@@ -23,8 +22,9 @@ import torch
 from safetensors import safe_open
 from timm.models._hub import generate_readme, save_for_hf
 
-from .profile import profile_model
-from .script_args import create_model_from_checkpoint, load_config
+from .macs import profile_model
+from .checkpoints import create_model_from_checkpoint
+from .configs import load_config
 
 HUB_FILES = ('config.json', 'model.safetensors', 'README.md')
 CITATION = """@inproceedings{wu2021visual,
@@ -137,7 +137,7 @@ def check_folder(folder: Path) -> List[Path]:
     """The files of an exported folder, after checking it is complete and readable."""
     missing = [name for name in HUB_FILES if not (folder / name).is_file()]
     if missing:
-        raise SystemExit(f'{folder}: missing {missing}; expected the output of `python -m vt_timm.hub export`')
+        raise SystemExit(f'{folder}: missing {missing}; expected the output of `vt-hub export`')
     architecture = json.loads((folder / 'config.json').read_text()).get('architecture')
     if architecture not in timm.list_models():
         raise SystemExit(f'{folder / "config.json"}: unknown architecture {architecture!r}')
@@ -165,31 +165,3 @@ def push(folder: Path, repo_id: str, dry_run: bool = False, private: bool = Fals
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
                           allow_patterns=[p.name for p in files])
     return url
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest='command', required=True)
-    export_parser = commands.add_parser('export', help='train.py checkpoint -> Hub-ready folder')
-    export_parser.add_argument('checkpoint', type=Path, help='train.py checkpoint (or a plain state dict)')
-    export_parser.add_argument('--out', type=Path, required=True, help='folder to create')
-    export_parser.add_argument('--tag', required=True, help='pretrained tag, e.g. fmnist -> vt_resnet18.fmnist')
-    export_parser.add_argument('--repo-id', default='', help='Hub repo the card\'s usage names (default <model>.<tag>)')
-    export_parser.add_argument('--use-ema', action='store_true', help='export the EMA weights')
-    export_parser.add_argument('--args', type=Path, default=None, help='the run\'s args.yaml (default: next to it)')
-    export_parser.add_argument('--results', type=Path, default=None, help='validate.py --results-format json file')
-    push_parser = commands.add_parser('push', help='upload an exported folder')
-    push_parser.add_argument('folder', type=Path)
-    push_parser.add_argument('--repo-id', required=True, help='owner/name on the Hub')
-    push_parser.add_argument('--private', action='store_true')
-    push_parser.add_argument('--dry-run', action='store_true', help='check and list, upload nothing')
-    args = parser.parse_args(argv)
-    if args.command == 'export':
-        out = export(args.checkpoint, args.out, args.tag, args.repo_id, args.use_ema, args.args, args.results)
-        print(f'wrote {out}: ' + ', '.join(p.name for p in check_folder(out)))
-    else:
-        print(push(args.folder, args.repo_id, args.dry_run, args.private))
-
-
-if __name__ == '__main__':
-    main()

@@ -1,12 +1,11 @@
 """Training curves: loss and accuracy per epoch from a run's ``summary.csv``, as a PNG.
 
-    python -m vt_timm.plot output/<run>/summary.csv [--out curves.png]
+    vt-plot output/<run>/summary.csv [--out curves.png]
 """
-import argparse
 import csv
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Union
 
 
 def read_summary(path: Union[str, Path]) -> Dict[str, List[float]]:
@@ -45,15 +44,3 @@ def plot_summary(summary_csv: Union[str, Path], out_png: Optional[Union[str, Pat
     plt.close(fig)
     os.replace(partial, out_png)
     return out_png
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('summary', help='a run\'s summary.csv')
-    parser.add_argument('--out', default=None, help='PNG path (default: curves.png beside the CSV)')
-    args = parser.parse_args(argv)
-    print(plot_summary(args.summary, args.out))
-
-
-if __name__ == '__main__':
-    main()

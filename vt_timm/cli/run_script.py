@@ -1,7 +1,7 @@
 """Run a script that knows nothing of vt_timm (timm's own validate.py, benchmark.py, ...) with the
 VT-ResNets registered:
 
-    python -m vt_timm.run_script path/to/timm/validate.py --model vt_resnet18 --data-dir /data/imagenet
+    python -m vt_timm.cli.run_script path/to/timm/validate.py --model vt_resnet18 --data-dir /data/imagenet
 
 The script runs as ``__main__`` with ``sys.argv`` set to it and its arguments, after ``import vt_timm``.
 """

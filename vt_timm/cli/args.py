@@ -1,15 +1,13 @@
-"""What the command lines share: YAML configs keyed by flag dest names, input checks that fail at once
-naming the flag and what is wrong, and models built with a checkpoint's weights."""
+"""What the command lines share: YAML configs keyed by flag dest names and input checks that fail at once
+naming the flag and what is wrong."""
 import argparse
 import os
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import timm
-import torch.nn as nn
-import yaml
-from timm.models import load_checkpoint
 
-from .data import OFFLINE_SOURCES
+from ..tools.configs import load_config
+from ..tools.data import OFFLINE_SOURCES
 
 
 def check_inputs(args: argparse.Namespace, file_dests: Sequence[str]) -> None:
@@ -23,18 +21,6 @@ def check_inputs(args: argparse.Namespace, file_dests: Sequence[str]) -> None:
         raise SystemExit(f'--data-dir {args.data_dir}: no such directory')
     if args.model not in timm.list_models() and not args.model.startswith(('hf-hub:', 'local-dir:')):
         raise SystemExit(f'--model {args.model}: unknown model (see timm.list_models())')
-
-
-def load_config(path: str) -> Dict[str, Any]:
-    """The mapping of flag dest names to values in YAML file ``path`` (a recipe or a run's args.yaml)."""
-    if not os.path.isfile(path):
-        raise SystemExit(f'--config {path}: no such file')
-    with open(path) as f:
-        cfg = yaml.safe_load(f) or {}
-    if not isinstance(cfg, dict):
-        raise SystemExit(f'--config {path}: expected a YAML mapping of flag dest names to values, '
-                         f'got {type(cfg).__name__}')
-    return cfg
 
 
 def parse_args_with_config(
@@ -61,25 +47,3 @@ def parse_args_with_config(
             parser.error(f'{config_args.config}: unknown keys {unknown} (keys are flag dest names, e.g. batch_size)')
         parser.set_defaults(**{k: v for k, v in cfg.items() if k in known and k not in ignore})
     return parser.parse_args(remaining), config_args.config
-
-
-def create_model_from_checkpoint(
-        model_name: str,
-        checkpoint: str = '',
-        use_ema: bool = False,
-        num_classes: Optional[int] = None,
-        in_chans: Optional[int] = None,
-        model_kwargs: Optional[Dict[str, Any]] = None,
-        pretrained: bool = False,
-) -> nn.Module:
-    """A timm model with ``checkpoint``'s raw or EMA weights (timm's ``load_checkpoint``: safetensors or
-    ``weights_only=True``); a file that does not load exits naming it and the model's settings."""
-    model = timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes,
-                              **({'in_chans': in_chans} if in_chans else {}), **(model_kwargs or {}))
-    if checkpoint:
-        try:
-            load_checkpoint(model, str(checkpoint), use_ema=use_ema, weights_only=True)
-        except Exception as e:  # truncated or tampered file, other architecture, other head size
-            raise SystemExit(f'--checkpoint {checkpoint} does not load into {model_name} '
-                             f'(num_classes={model.num_classes}, in_chans={model.in_chans}): {e}') from e
-    return model

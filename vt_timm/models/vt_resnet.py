@@ -25,7 +25,7 @@ from timm.models import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models.resnet import BasicBlock, Bottleneck, make_blocks
 
-from .layers import VTStage, init_vt_weights
+from ..layers import VTStage, init_vt_weights
 
 __all__ = ['VTResNet']
 

@@ -3,8 +3,8 @@
 Paper: `Visual Transformers: Token-based Image Representation and Processing for Computer Vision`
     - https://arxiv.org/abs/2006.03677 (Wu et al., ICCV 2021)
 
-    python -m vt_timm.export --model vt_resnet18 --output vt_resnet18.onnx --dynamic-size
-    python -m vt_timm.export --model vt_resnet50 --checkpoint model_best.pth.tar --format torchscript -o vt_resnet50.pt
+    vt-export --model vt_resnet18 --output vt_resnet18.onnx --dynamic-size
+    vt-export --model vt_resnet50 --checkpoint model_best.pth.tar --format torchscript -o vt_resnet50.pt
 
 ONNX goes through timm's ``onnx_export`` with torch's torch.export-based ("dynamo") exporter, the
 default of torch >= 2.9 (the TorchScript-based one is deprecated); the batch axis is dynamic, and
@@ -20,21 +20,19 @@ most ``ERROR_FACTOR`` times that error (other kernels round differently; a broke
 the size of the outputs) is the file renamed to ``--output``: an existing file is never replaced by
 a half-written or failing one. ONNX needs ``pip install onnx onnxruntime onnxscript``.
 """
-import argparse
 import contextlib
 import copy
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
-import timm
 import torch
 import torch.nn as nn
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from timm.utils.onnx import onnx_export, onnx_forward
 
-from .script_args import create_model_from_checkpoint
+
 
 FORMATS = ('onnx', 'torchscript')
 # torch's exporter writes opset 18 and later; it would convert down, but fails to on VT-ResNets and
@@ -145,77 +143,3 @@ def check_export(model: nn.Module, path: PathLike, fmt: str, inputs: Sequence[to
         exported = scripted(x) if scripted is not None else torch.from_numpy(onnx_forward(str(path), x))
         diffs.append((exported - model(x)).abs().max().item())
     return diffs
-
-
-def create_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--model', '-m', default='vt_resnet18', metavar='NAME', help='timm model name')
-    parser.add_argument('--checkpoint', default='', metavar='FILE', help='weights (.safetensors, .pth, .pth.tar)')
-    parser.add_argument('--use-ema', action='store_true', help='export the checkpoint\'s EMA weights')
-    parser.add_argument('--num-classes', type=int, default=None, metavar='N')
-    parser.add_argument('--in-chans', type=int, default=None, metavar='N')
-    parser.add_argument('--img-size', type=int, default=224, metavar='N', help='square input size exported and checked')
-    parser.add_argument('--format', default='onnx', choices=FORMATS)
-    parser.add_argument('--dynamic-size', action='store_true', help='ONNX: dynamic height and width axes')
-    parser.add_argument('--opset', type=int, default=None, metavar='N', help='ONNX opset (default: the exporter\'s)')
-    parser.add_argument('--image', default=None, metavar='FILE', help='photo to check with (default: grace_hopper.jpg)')
-    parser.add_argument('--output', '-o', required=True, metavar='FILE', help='exported file')
-    return parser
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Fail before any work on a missing input file, an unknown model, an unwritable output path, an
-    unsupported opset or ONNX-only flags given for TorchScript."""
-    for flag, path in (('--checkpoint', args.checkpoint), ('--image', args.image)):
-        if path and not os.path.isfile(path):
-            raise SystemExit(f'{flag} {path}: no such file')
-    if args.model not in timm.list_models() and not args.model.startswith(('hf-hub:', 'local-dir:')):
-        raise SystemExit(f'--model {args.model}: unknown model (see timm.list_models())')
-    for flag, value, check in (('--output', args.output, check_output_path), ('--opset', args.opset, check_opset)):
-        try:
-            check(value)
-        except ValueError as e:
-            raise SystemExit(f'{flag} {value}: {e}') from e
-    if args.format == 'torchscript' and (args.dynamic_size or args.opset is not None):
-        raise SystemExit('--dynamic-size and --opset apply to --format onnx only '
-                         '(a TorchScript module takes any input size)')
-
-
-def create_model(args: argparse.Namespace) -> nn.Module:
-    """The model named by ``args`` in eval mode, with the checkpoint's weights if one is given."""
-    return create_model_from_checkpoint(args.model, args.checkpoint, args.use_ema, args.num_classes,
-                                        args.in_chans).eval()
-
-
-def main(argv: Optional[Sequence[str]] = None) -> Dict[Tuple[int, int], float]:
-    """Export and check; print and return the max abs difference to the eager model per checked (H, W).
-    The file replaces ``--output`` only once it has passed the check."""
-    args = create_parser().parse_args(argv)
-    check_args(args)
-    model = create_model(args)
-    min_size = model.pretrained_cfg.get('min_input_size', (0,))[-1]
-    if args.img_size < min_size:
-        raise SystemExit(f'--img-size {args.img_size}: {args.model} needs at least {min_size}')
-    sizes = [(args.img_size, args.img_size)]
-    if args.dynamic_size or args.format == 'torchscript':
-        sizes.append(second_size(args.img_size))
-    image = load_image(args.image)
-    inputs = [image_batch(model, image, size) for size in sizes]
-
-    with _replacing(args.output) as tmp:  # an export that fails its check replaces nothing
-        if args.format == 'onnx':
-            export_onnx(model, tmp, (model.in_chans, args.img_size, args.img_size), args.dynamic_size, args.opset)
-        else:
-            export_torchscript(model, tmp)
-        diffs = dict(zip(sizes, check_export(model, tmp, args.format, inputs)))
-        for ((h, w), diff), reference in zip(diffs.items(), float32_error(model, inputs)):
-            print(f'{args.output} at {h}x{w}: max |{args.format} - PyTorch| = {diff:.3g} '
-                  f'(PyTorch float32 vs float64: {reference:.3g})')
-            if not diff <= ERROR_FACTOR * reference:  # also catches NaN
-                raise SystemExit(f'{args.output} not written: the export differs from the PyTorch model by '
-                                 f'{diff:.3g} at {h}x{w}, more than {ERROR_FACTOR:g}x PyTorch\'s float32 error')
-    return diffs
-
-
-if __name__ == '__main__':
-    main()

@@ -1,7 +1,7 @@
 """Where visual tokens look (the paper's Fig. 6-7): per-token spatial attention maps of any VT model.
 
-    python -m vt_timm.visualize --model vt_resnet18 --image photo.jpg --out tokens.png
-    python -m vt_timm.visualize -c output/quickstart/args.yaml --checkpoint output/quickstart/model_best.pth.tar \\
+    vt-visualize --model vt_resnet18 --image photo.jpg --out tokens.png
+    vt-visualize -c output/quickstart/args.yaml --checkpoint output/quickstart/model_best.pth.tar \\
         --image shoe.png --out tokens.png --module all --img-size 128
 
 For every VT module (``VTBlock``, found by type) the tokenizer's spatial attention
@@ -12,7 +12,6 @@ has mixed the tokens. A relation without L x L attention gets no second row. The
 PNG (image, then one overlaid heat map per token, rows per module) and prints the attention
 entropy ``-sum A log A`` of every token against the uniform ``ln(HW)``.
 """
-import argparse
 import math
 import os
 from contextlib import contextmanager
@@ -27,11 +26,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from .layers import VTBlock
+from ..layers import VTBlock
 
 __all__ = [
     'ModuleAttention', 'TokenAttention', 'ModuleCapture', 'vt_blocks', 'capture_vt_modules', 'create_vt_model', 'load_weights', 'resolve_image_config',
-    'load_image', 'token_attention_maps', 'attention_entropy', 'entropy_table', 'plot_token_attention', 'main',
+    'load_image', 'token_attention_maps', 'attention_entropy', 'entropy_table', 'plot_token_attention',
 ]
 
 ImageInput = Union[str, Path, Image.Image, torch.Tensor]
@@ -477,85 +476,3 @@ def plot_token_attention(
         png = png.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     _atomic_save(png, out)
     return out
-
-
-def _parse_module(value: str) -> Union[int, str]:
-    if value == 'all':
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{value!r}: expected a VT module index or all') from None
-
-
-config_parser = argparse.ArgumentParser(add_help=False)
-config_parser.add_argument('-c', '--config', default='', metavar='FILE',
-                           help='a run\'s args.yaml (or train.py recipe): model, num_classes, in_chans, img_size, '
-                                'mean, std, crop_pct, model_kwargs')
-
-
-def create_parser() -> argparse.ArgumentParser:
-    from timm.utils import ParseKwargs
-
-    parser = argparse.ArgumentParser(
-        description='Per-token spatial attention of a VT model on one image, as a PNG and an entropy table.',
-        parents=[config_parser])
-    parser.add_argument('--model', '-m', default='vt_resnet18', metavar='NAME', help='timm model name')
-    parser.add_argument('--checkpoint', default='', metavar='FILE',
-                        help='weights: train.py checkpoint, state dict (weights_only) or .safetensors')
-    parser.add_argument('--use-ema', action='store_true', default=False, help='the checkpoint\'s EMA weights')
-    parser.add_argument('--num-classes', type=int, default=None)
-    parser.add_argument('--in-chans', type=int, default=None)
-    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
-                        help='constructor keywords, e.g. num_tokens=8 num_heads=4')
-    parser.add_argument('--image', required=True, metavar='FILE', help='image file (any format PIL reads)')
-    parser.add_argument('--out', default='tokens.png', metavar='FILE', help='PNG to write (default tokens.png)')
-    parser.add_argument('--module', default='all', type=_parse_module, metavar='N|all',
-                        help='VT module index, or all (default)')
-    parser.add_argument('--img-size', type=int, default=None, metavar='N', help='input size (default: the model\'s)')
-    parser.add_argument('--mean', type=float, nargs='+', default=None)
-    parser.add_argument('--std', type=float, nargs='+', default=None)
-    parser.add_argument('--crop-pct', type=float, default=None)
-    parser.add_argument('--cell-px', type=int, default=96, metavar='N', help='pixels per heat map (default 96)')
-    parser.add_argument('--colors', type=int, default=None, metavar='N',
-                        help='quantise the PNG to N colours (smaller file)')
-    return parser
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Defaults from ``-c FILE.yaml`` (keys that are this command's dest names), then the command line."""
-    from .script_args import parse_args_with_config
-
-    args, config = parse_args_with_config(
-        config_parser, create_parser, argv, strict=False, ignore=('config', 'image', 'out', 'checkpoint', 'module'))
-    args.config = config
-    return args
-
-
-def main(argv: Optional[Sequence[str]] = None) -> TokenAttention:
-    args = parse_args(argv)
-    for flag, path in (('--image', args.image), ('--checkpoint', args.checkpoint)):
-        if path and not os.path.isfile(path):
-            raise SystemExit(f'{flag} {path}: no such file')
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise SystemExit(f'--out {out}: no such directory {out.parent}')
-    kwargs = dict(args.model_kwargs or {})
-    for key in ('num_classes', 'in_chans'):
-        if getattr(args, key) is not None:
-            kwargs.setdefault(key, getattr(args, key))
-    try:
-        model = create_vt_model(args.model, args.checkpoint or None, use_ema=args.use_ema, **kwargs)
-        result = token_attention_maps(
-            model, args.image, modules=args.module, img_size=args.img_size, mean=args.mean, std=args.std,
-            crop_pct=args.crop_pct)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f'error: {e}') from e
-    print(f'{args.model} on {args.image} ({"x".join(map(str, result.input.shape))} input)')
-    print(entropy_table(result))
-    print(plot_token_attention(result, out, cell_px=args.cell_px, colors=args.colors))
-    return result
-
-
-if __name__ == '__main__':
-    main()

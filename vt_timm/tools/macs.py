@@ -10,9 +10,8 @@ similarities, HW x C x L, and the one-hot member sums, L x HW x C; argmax and no
 multiply-adds and are not counted); the pooling tokenizer's bilinear resize as its two separable
 weight matmuls.
 
-    python -m vt_timm.profile [--img-size 224] [--markdown]
+    vt-macs [--img-size 224] [--markdown]
 """
-import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -184,26 +183,3 @@ def format_table(rows: List[List[str]], markdown: bool = False) -> str:
         return '\n'.join(lines)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return '\n'.join('  '.join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--img-size', type=int, default=224, help='square input resolution')
-    parser.add_argument('--markdown', action='store_true', help='print markdown tables')
-    args = parser.parse_args(argv)
-
-    names = [f'{prefix}resnet{d}' for d in DEPTHS for prefix in ('', 'vt_')]
-    profiles = {name: profile_model(name, args.img_size) for name in names}
-    print(f'MACs (multiply-adds) and parameters at {args.img_size}x{args.img_size}, 1000 classes; '
-          f'T2/T8 = the paper\'s Tables 2 and 8, dev = our deviation from them\n')
-    print(format_table(model_table(list(profiles.values())), args.markdown))
-    print('\nResNet / VT-ResNet ratios next to the paper\'s Table 1 (stage 5 = ResNet layer4 vs the VT stage)\n')
-    print(format_table(ratio_table(profiles), args.markdown))
-    print('\nAblation variants of VT-R18/34 next to the paper\'s Tables 3-7 (create_model kwargs); '
-          'Δ = change from our default model, paper Δ = change from the paper\'s Table 2 row. '
-          'Clustering counts its K-means (2 matmuls per Lloyd step, 3 steps), pooling its resize (2 matmuls)\n')
-    print(format_table(ablation_table(args.img_size), args.markdown))
-
-
-if __name__ == '__main__':
-    main()

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import DEBIAN_FASHION_MNIST, FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from .layers import VTBlock
+from ..layers import VTBlock
 
 __all__ = [
     'RECIPES', 'Recipe', 'RunResult', 'TrainCallbacks', 'load_fashion_mnist', 'train_run', 'cached_train_run',

