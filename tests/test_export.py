@@ -172,7 +172,7 @@ def test_cli_unknown_format(capsys):
 
 
 @pytest.mark.parametrize('content, match', [
-    ({'state_dict': {'fc.weight': torch.zeros(3, 3)}}, 'does not load into vt_resnet18'),
+    ({'state_dict': {'fc.weight': torch.zeros(3, 3)}}, 'bad.pth does not fit vt_resnet18 .*the file has num_classes=3'),
     ({'state_dict': {}, 'extra': NotAWeight()}, 'weights_only=True blocked'),
 ])
 def test_cli_rejects_bad_checkpoint(content, match, tmp_path):

@@ -271,7 +271,7 @@ def test_export_refuses_bad_input_and_never_overwrites(exported, trained_run, tm
     with pytest.raises(SystemExit, match='args.yaml: no such file'):
         hub.main(['export', str(tmp_path / 'raw.pth'), '--out', str(tmp_path / 'b'), '--tag', 'x'])
     (tmp_path / 'corrupt.pth').write_bytes(b'garbage')
-    with pytest.raises(SystemExit, match='corrupt.pth does not load into vt_resnet18'):
+    with pytest.raises(SystemExit, match='corrupt.pth cannot be read as weights'):
         hub.main(['export', str(tmp_path / 'corrupt.pth'), '--out', str(tmp_path / 'c'), '--tag', 'x',
                   '--args', str(trained_run / 'args.yaml')])
     assert sorted(p.name for p in tmp_path.iterdir()) == ['corrupt.pth', 'raw.pth']

@@ -4,23 +4,33 @@ import argparse
 import os
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
-import timm
 
+from ..tools.checkpoints import is_model_name
 from ..tools.configs import load_config
 from ..tools.data import OFFLINE_SOURCES
 
 
-def check_inputs(args: argparse.Namespace, file_dests: Sequence[str]) -> None:
-    """Files named by ``file_dests`` exist, ``--data-dir`` exists (or an offline source fills it)
-    and ``--model`` is a registered or hub/local-dir model."""
+def check_files(args: argparse.Namespace, file_dests: Sequence[str]) -> None:
+    """Every file named by a flag in ``file_dests`` (dest names; unset flags are skipped) exists."""
     for dest in file_dests:
         path = getattr(args, dest)
         if path and not os.path.isfile(path):
             raise SystemExit(f'--{dest.replace("_", "-")} {path}: no such file')
+
+
+def check_model(name: str, flag: str = '--model') -> None:
+    """``name`` is a model timm can build (``is_model_name``)."""
+    if not is_model_name(name):
+        raise SystemExit(f'{flag} {name}: unknown model (see timm.list_models())')
+
+
+def check_inputs(args: argparse.Namespace, file_dests: Sequence[str]) -> None:
+    """Files named by ``file_dests`` exist, ``--data-dir`` exists (or an offline source fills it)
+    and ``--model`` is a model timm can build."""
+    check_files(args, file_dests)
     if args.data_dir and not os.path.isdir(args.data_dir) and args.dataset.lower() not in OFFLINE_SOURCES:
         raise SystemExit(f'--data-dir {args.data_dir}: no such directory')
-    if args.model not in timm.list_models() and not args.model.startswith(('hf-hub:', 'local-dir:')):
-        raise SystemExit(f'--model {args.model}: unknown model (see timm.list_models())')
+    check_model(args.model)
 
 
 def parse_args_with_config(

@@ -31,6 +31,7 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ParseKwargs
 
 import vt_timm  # noqa: F401  registers the VT-ResNets
+from vt_timm.tools.checkpoints import is_model_name
 from vt_timm.tools.macs import format_table, profile_model
 
 BENCHES = ('infer', 'train')
@@ -148,7 +149,7 @@ def model_names(args: argparse.Namespace) -> List[str]:
     if len(names) == 1 and names[0].endswith('.txt'):
         with open(names[0]) as f:
             names = [line.strip() for line in f if line.strip()]
-    unknown = [n for n in names if n not in timm.list_models()]
+    unknown = [n for n in names if not is_model_name(n)]
     if unknown:
         raise SystemExit(f'unknown models {unknown} (see timm.list_models())')
     if args.compare:

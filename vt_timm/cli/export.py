@@ -3,15 +3,15 @@
     vt-export --model vt_resnet18 --checkpoint model_best.pth.tar --format onnx --out model.onnx
 """
 import argparse
-import os
 from typing import Dict, Optional, Sequence, Tuple
 
-import timm
 import torch.nn as nn
 
 from ..tools.checkpoints import create_model_from_checkpoint
+from ..tools.files import replacing
+from .args import check_files, check_model
 from ..tools.export import (
-    ERROR_FACTOR, FORMATS, _replacing, check_export, check_opset, check_output_path, export_onnx, export_torchscript,
+    ERROR_FACTOR, FORMATS, check_export, check_opset, check_output_path, export_onnx, export_torchscript,
     float32_error, image_batch, load_image, second_size,
 )
 
@@ -36,11 +36,8 @@ def create_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """Fail before any work on a missing input file, an unknown model, an unwritable output path, an
     unsupported opset or ONNX-only flags given for TorchScript."""
-    for flag, path in (('--checkpoint', args.checkpoint), ('--image', args.image)):
-        if path and not os.path.isfile(path):
-            raise SystemExit(f'{flag} {path}: no such file')
-    if args.model not in timm.list_models() and not args.model.startswith(('hf-hub:', 'local-dir:')):
-        raise SystemExit(f'--model {args.model}: unknown model (see timm.list_models())')
+    check_files(args, ('checkpoint', 'image'))
+    check_model(args.model)
     for flag, value, check in (('--output', args.output, check_output_path), ('--opset', args.opset, check_opset)):
         try:
             check(value)
@@ -72,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[Tuple[int, int], float]:
     image = load_image(args.image)
     inputs = [image_batch(model, image, size) for size in sizes]
 
-    with _replacing(args.output) as tmp:  # an export that fails its check replaces nothing
+    with replacing(check_output_path(args.output)) as tmp:  # an export that fails its check replaces nothing
         if args.format == 'onnx':
             export_onnx(model, tmp, (model.in_chans, args.img_size, args.img_size), args.dynamic_size, args.opset)
         else:

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 import yaml
@@ -42,8 +41,9 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import CheckpointSaver, ParseKwargs, random_seed, setup_default_logging, update_summary
 
+from vt_timm.tools import checkpoints
 from vt_timm.tools.data import prepare_fashion_mnist
-from vt_timm.cli.args import parse_args_with_config
+from vt_timm.cli.args import check_files, check_model, parse_args_with_config
 from vt_timm.models.vt_fpn import HEADS, create_segmentation_model
 
 _logger = logging.getLogger('segment')
@@ -329,10 +329,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f'--data-dir {args.data_dir}: no such directory')
     if args.eval_only and not args.checkpoint:
         raise SystemExit('--eval-only needs --checkpoint')
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
-        raise SystemExit(f'--checkpoint {args.checkpoint}: no such file')
-    if args.backbone not in timm.list_models():
-        raise SystemExit(f'--backbone {args.backbone}: unknown timm model (see timm.list_models())')
+    check_files(args, ('checkpoint',))
+    check_model(args.backbone, '--backbone')
     if len(args.img_size) not in (1, 2) or min(args.img_size) < 32:
         raise SystemExit(f'--img-size {args.img_size}: expected H [W], each at least 32 px')
     if args.num_classes is None:
@@ -412,14 +410,12 @@ def evaluate(model, loader, args) -> Dict:
 
 
 def load_weights(model: torch.nn.Module, path: str, args: argparse.Namespace) -> None:
-    """Weights of a segment.py checkpoint (or a plain state dict), loaded strictly with ``weights_only``."""
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    state_dict = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    """Weights of a segment.py checkpoint (or a plain state dict), loaded strictly and safely."""
     try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as e:
-        raise SystemExit(f'--checkpoint {path} does not fit --backbone {args.backbone} --head {args.head} '
-                         f'--num-classes {args.num_classes}: {" ".join(str(e).split())[:400]}') from e
+        checkpoints.load_weights(model, path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f'--{e} (the model: --backbone {args.backbone} --head {args.head} '
+                         f'--num-classes {args.num_classes})') from e
 
 
 def write_results(path: Path, metrics: Dict, args: argparse.Namespace) -> Dict:

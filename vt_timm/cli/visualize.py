@@ -1,10 +1,10 @@
 """Command line of vt_timm.tools.visualize: per-token spatial attention maps of a VT model on an image.
 """
 import argparse
-import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from .args import check_files, parse_args_with_config
 from ..tools.visualize import TokenAttention, create_vt_model, entropy_table, plot_token_attention, token_attention_maps
 
 
@@ -54,7 +54,6 @@ def create_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Defaults from ``-c FILE.yaml`` (keys that are this command's dest names), then the command line."""
-    from .args import parse_args_with_config
 
     args, config = parse_args_with_config(
         config_parser, create_parser, argv, strict=False, ignore=('config', 'image', 'out', 'checkpoint', 'module'))
@@ -64,9 +63,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> TokenAttention:
     args = parse_args(argv)
-    for flag, path in (('--image', args.image), ('--checkpoint', args.checkpoint)):
-        if path and not os.path.isfile(path):
-            raise SystemExit(f'{flag} {path}: no such file')
+    check_files(args, ('image', 'checkpoint'))
     out = Path(args.out)
     if not out.parent.is_dir():
         raise SystemExit(f'--out {out}: no such directory {out.parent}')

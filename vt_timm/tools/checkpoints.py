@@ -1,9 +1,61 @@
-"""Models built with a checkpoint's weights, loaded safely (safetensors or ``weights_only=True``)."""
-from typing import Any, Dict, Optional
+"""Weights into models, loaded safely (safetensors, or ``torch.load(weights_only=True)``: no pickled code
+runs), with errors that name the file and say what the model expected."""
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
 
 import timm
+import torch
 import torch.nn as nn
-from timm.models import load_checkpoint
+from timm.models import load_state_dict
+
+
+def is_model_name(name: str) -> bool:
+    """A model ``timm.create_model`` can build: registered in timm (``import vt_timm`` adds the VT-ResNets)
+    or a ``hf-hub:`` / ``local-dir:`` source."""
+    return name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(name)
+
+
+def architecture_name(model: nn.Module) -> str:
+    """The model's timm architecture name (its class name where it has none)."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    return cfg.get('architecture') or type(model).__name__
+
+
+def _checkpoint_shapes_hint(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> str:
+    """'(the file has in_chans=1, num_classes=10)' from the stem conv and classifier shapes, if present."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    hints = []
+    first_conv, classifier = cfg.get('first_conv'), cfg.get('classifier')
+    if isinstance(first_conv, str) and getattr(state_dict.get(f'{first_conv}.weight'), 'ndim', 0) == 4:
+        hints.append(f'in_chans={state_dict[f"{first_conv}.weight"].shape[1]}')
+    if isinstance(classifier, str) and getattr(state_dict.get(f'{classifier}.weight'), 'ndim', 0) == 2:
+        hints.append(f'num_classes={state_dict[f"{classifier}.weight"].shape[0]}')
+    return f' (the file has {", ".join(hints)}: pass them as model kwargs)' if hints else ''
+
+
+def load_weights(model: nn.Module, checkpoint: Union[str, Path], use_ema: bool = False) -> nn.Module:
+    """Load a train.py checkpoint, a state dict or a ``.safetensors`` file into ``model``, safely.
+
+    ``torch.load(weights_only=True)`` (no pickled code runs) or safetensors, through timm's
+    ``load_state_dict``; the keys must match exactly. Errors name the file.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint {path}: no such file')
+    try:
+        state_dict = load_state_dict(str(path), use_ema=use_ema, weights_only=True)
+    except Exception as e:  # garbage, truncated, or a pickle that needs code to load
+        raise ValueError(f'checkpoint {path} cannot be read as weights (torch.load weights_only=True, or '
+                         f'safetensors): {type(e).__name__}: {e}') from e
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f'checkpoint {path}: expected a state dict of tensors (or a train.py checkpoint)')
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f'checkpoint {path} does not fit {architecture_name(model)} (in_chans='
+                         f'{getattr(model, "in_chans", "?")}, num_classes={getattr(model, "num_classes", "?")})'
+                         f'{_checkpoint_shapes_hint(model, state_dict)}: {e}') from e
+    return model
 
 
 def create_model_from_checkpoint(
@@ -15,14 +67,13 @@ def create_model_from_checkpoint(
         model_kwargs: Optional[Dict[str, Any]] = None,
         pretrained: bool = False,
 ) -> nn.Module:
-    """A timm model with ``checkpoint``'s raw or EMA weights (timm's ``load_checkpoint``: safetensors or
-    ``weights_only=True``); a file that does not load exits naming it and the model's settings."""
+    """A timm model with ``checkpoint``'s raw or EMA weights (``load_weights``), for the command lines: a
+    file that does not load exits naming the ``--checkpoint`` flag, the file and the model's settings."""
     model = timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes,
                               **({'in_chans': in_chans} if in_chans else {}), **(model_kwargs or {}))
     if checkpoint:
         try:
-            load_checkpoint(model, str(checkpoint), use_ema=use_ema, weights_only=True)
-        except Exception as e:  # truncated or tampered file, other architecture, other head size
-            raise SystemExit(f'--checkpoint {checkpoint} does not load into {model_name} '
-                             f'(num_classes={model.num_classes}, in_chans={model.in_chans}): {e}') from e
+            load_weights(model, checkpoint, use_ema=use_ema)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f'--{e}') from e
     return model

@@ -6,6 +6,8 @@ from typing import Optional, Union
 
 import torch
 
+from .files import replacing
+
 DEBIAN_FASHION_MNIST = Path('/usr/share/datasets/fashion-mnist')
 FASHION_MNIST_FILES = (
     'train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte',
@@ -31,10 +33,8 @@ def prepare_fashion_mnist(root: Union[str, Path], source: Path = DEBIAN_FASHION_
             f'`apt-get update && apt-get install -y dataset-fashion-mnist` (as root)')
     raw.mkdir(parents=True, exist_ok=True)
     for name in missing:
-        partial = raw / f'{name}.partial'
-        with gzip.open(source / f'{name}.gz', 'rb') as src, open(partial, 'wb') as dst:
-            shutil.copyfileobj(src, dst)
-        partial.replace(raw / name)  # atomic: a killed run never leaves a truncated file behind
+        with replacing(raw / name) as tmp, gzip.open(source / f'{name}.gz', 'rb') as src, open(tmp, 'wb') as dst:
+            shutil.copyfileobj(src, dst)  # a killed run never leaves a truncated file behind
     return root
 
 

@@ -20,11 +20,10 @@ most ``ERROR_FACTOR`` times that error (other kernels round differently; a broke
 the size of the outputs) is the file renamed to ``--output``: an existing file is never replaced by
 a half-written or failing one. ONNX needs ``pip install onnx onnxruntime onnxscript``.
 """
-import contextlib
 import copy
 import os
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -32,7 +31,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from timm.utils.onnx import onnx_export, onnx_forward
 
-
+from .files import replacing
 
 FORMATS = ('onnx', 'torchscript')
 # torch's exporter writes opset 18 and later; it would convert down, but fails to on VT-ResNets and
@@ -59,18 +58,6 @@ def check_opset(opset: Optional[int]) -> None:
         raise ValueError(f'opset {opset} is not supported; expected {MIN_OPSET} or later (or the default)')
 
 
-@contextlib.contextmanager
-def _replacing(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds, else delete it."""
-    path = check_output_path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')  # same directory: the rename is atomic
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_onnx(
         model: nn.Module,
         path: PathLike,
@@ -82,7 +69,7 @@ def export_onnx(
     dynamic height and width; ``input_size`` is (C, H, W) of the traced input; ``opset`` None takes
     the exporter's default. The file passes ``onnx.checker`` before it replaces ``path``."""
     check_opset(opset)
-    with _replacing(path) as tmp:
+    with replacing(check_output_path(path)) as tmp:
         onnx_export(
             model, str(tmp), batch_size=2, input_size=tuple(input_size), opset=opset, dynamic_size=dynamic_size,
             use_dynamo=True,
@@ -94,7 +81,7 @@ def export_onnx(
 def export_torchscript(model: nn.Module, path: PathLike) -> Path:
     """Script ``model`` (put in eval mode) with ``torch.jit.script`` and save it to ``path``."""
     scripted = torch.jit.script(model.eval())
-    with _replacing(path) as tmp:
+    with replacing(check_output_path(path)) as tmp:
         scripted.save(str(tmp))
     return Path(path)
 

@@ -23,7 +23,7 @@ from safetensors import safe_open
 from timm.models._hub import generate_readme, save_for_hf
 
 from .macs import profile_model
-from .checkpoints import create_model_from_checkpoint
+from .checkpoints import create_model_from_checkpoint, is_model_name
 from .configs import load_config
 
 HUB_FILES = ('config.json', 'model.safetensors', 'README.md')
@@ -139,7 +139,7 @@ def check_folder(folder: Path) -> List[Path]:
     if missing:
         raise SystemExit(f'{folder}: missing {missing}; expected the output of `vt-hub export`')
     architecture = json.loads((folder / 'config.json').read_text()).get('architecture')
-    if architecture not in timm.list_models():
+    if not isinstance(architecture, str) or not is_model_name(architecture):
         raise SystemExit(f'{folder / "config.json"}: unknown architecture {architecture!r}')
     try:
         with safe_open(str(folder / 'model.safetensors'), framework='pt') as weights:

@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import DEBIAN_FASHION_MNIST, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from ..layers import VTBlock
+from .data import DEBIAN_FASHION_MNIST, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from .files import replacing
 
 __all__ = [
     'RECIPES', 'Recipe', 'RunResult', 'TrainCallbacks', 'load_fashion_mnist', 'train_run', 'cached_train_run',
@@ -229,9 +230,8 @@ def cached_train_run(
         return RunResult(**json.loads(path.read_text()))
     result, _ = train_run(model_name, recipe, seed, data, epochs=epochs, batch_size=batch_size, model_kwargs=model_kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix('.partial')
-    partial.write_text(json.dumps(asdict(result)))
-    partial.replace(path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(asdict(result)))
     print(f'{key}: train loss {result.train_loss:.3f}  train top-1 {result.train_top1:.1f}  '
           f'held-out top-1 {result.test_top1:.1f}  ({result.seconds:.0f}s)', flush=True)
     return result

@@ -3,9 +3,10 @@
     vt-plot output/<run>/summary.csv [--out curves.png]
 """
 import csv
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Union
+
+from .files import replacing
 
 
 def read_summary(path: Union[str, Path]) -> Dict[str, List[float]]:
@@ -39,8 +40,7 @@ def plot_summary(summary_csv: Union[str, Path], out_png: Optional[Union[str, Pat
         ax.grid(alpha=.3)
         ax.legend()
     fig.tight_layout()
-    partial = out_png.with_name(out_png.name + '.partial.png')
-    fig.savefig(partial, dpi=100)
+    with replacing(out_png) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(partial, out_png)
     return out_png

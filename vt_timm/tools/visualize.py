@@ -13,7 +13,6 @@ PNG (image, then one overlaid heat map per token, rows per module) and prints th
 entropy ``-sum A log A`` of every token against the uniform ``ln(HW)``.
 """
 import math
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,6 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..layers import VTBlock
+from .checkpoints import architecture_name, is_model_name, load_weights
+from .files import replacing
 
 __all__ = [
     'ModuleAttention', 'TokenAttention', 'ModuleCapture', 'vt_blocks', 'capture_vt_modules', 'create_vt_model', 'load_weights', 'resolve_image_config',
@@ -172,50 +173,6 @@ def forward_eval(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         model.train(was_training)
 
 
-def _model_name(model: nn.Module) -> str:
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    return cfg.get('architecture') or type(model).__name__
-
-
-def _checkpoint_shapes_hint(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> str:
-    """'(the file has in_chans=1, num_classes=10)' from the stem conv and classifier shapes, if present."""
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    hints = []
-    first_conv, classifier = cfg.get('first_conv'), cfg.get('classifier')
-    if isinstance(first_conv, str) and getattr(state_dict.get(f'{first_conv}.weight'), 'ndim', 0) == 4:
-        hints.append(f'in_chans={state_dict[f"{first_conv}.weight"].shape[1]}')
-    if isinstance(classifier, str) and getattr(state_dict.get(f'{classifier}.weight'), 'ndim', 0) == 2:
-        hints.append(f'num_classes={state_dict[f"{classifier}.weight"].shape[0]}')
-    return f' (the file has {", ".join(hints)}: pass them as model kwargs)' if hints else ''
-
-
-def load_weights(model: nn.Module, checkpoint: Union[str, Path], use_ema: bool = False) -> nn.Module:
-    """Load a train.py checkpoint, a state dict or a ``.safetensors`` file into ``model``, safely.
-
-    ``torch.load(weights_only=True)`` (no pickled code runs) or safetensors, through timm's
-    ``load_state_dict``; the keys must match exactly. Errors name the file.
-    """
-    from timm.models import load_state_dict
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f'checkpoint {path}: no such file')
-    try:
-        state_dict = load_state_dict(str(path), use_ema=use_ema, weights_only=True)
-    except Exception as e:  # garbage, truncated, or a pickle that needs code to load
-        raise ValueError(f'checkpoint {path} cannot be read as weights (torch.load weights_only=True, or '
-                         f'safetensors): {type(e).__name__}: {e}') from e
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f'checkpoint {path}: expected a state dict of tensors (or a train.py checkpoint)')
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f'checkpoint {path} does not fit {_model_name(model)} (in_chans='
-                         f'{getattr(model, "in_chans", "?")}, num_classes={getattr(model, "num_classes", "?")})'
-                         f'{_checkpoint_shapes_hint(model, state_dict)}: {e}') from e
-    return model
-
-
 def create_vt_model(
         model_name: str,
         checkpoint: Optional[Union[str, Path]] = None,
@@ -226,7 +183,7 @@ def create_vt_model(
     ``checkpoint`` if given, in eval mode. Raises ValueError for an unknown or non-VT model."""
     import timm
 
-    if model_name not in timm.list_models() and not model_name.startswith(('hf-hub:', 'local-dir:')):
+    if not is_model_name(model_name):
         raise ValueError(f'model {model_name}: unknown model (VT models: {", ".join(timm.list_models("vt_*"))})')
     model = timm.create_model(model_name, **model_kwargs)
     if not vt_blocks(model):
@@ -340,7 +297,7 @@ def token_attention_maps(
         load_weights(model, checkpoint, use_ema=use_ema)
     blocks = vt_blocks(model)
     if not blocks:
-        raise ValueError(f'{_model_name(model)} has no VT modules (vt_timm.layers.VTBlock): nothing to visualise')
+        raise ValueError(f'{architecture_name(model)} has no VT modules (vt_timm.layers.VTBlock): nothing to visualise')
     selected = _parse_modules(modules, len(blocks))
 
     config = resolve_image_config(model, img_size=img_size, mean=mean, std=std, crop_pct=crop_pct)
@@ -405,17 +362,6 @@ def entropy_table(result: TokenAttention) -> str:
     return '\n'.join(lines)
 
 
-def _atomic_save(image: Image.Image, out: Path) -> None:
-    """Write to a temporary file beside ``out`` and rename: readers never see a partial PNG."""
-    partial = out.with_name(f'.{out.name}.{os.getpid()}.partial')
-    try:
-        image.save(partial, format='PNG', optimize=True)
-        os.replace(partial, out)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
 def plot_token_attention(
         result: TokenAttention,
         out_png: Union[str, Path],
@@ -474,5 +420,6 @@ def plot_token_attention(
         draw.text(xy, text, fill=(255, 255, 255), font=font)
     if colors:
         png = png.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    _atomic_save(png, out)
+    with replacing(out) as tmp:
+        png.save(tmp, format='PNG', optimize=True)
     return out
