@@ -46,6 +46,17 @@ def load_photos(size: Tuple[int, int], num: int = 2, in_chans: int = 3) -> torch
     return batch.mean(dim=1, keepdim=True) if in_chans == 1 else batch
 
 
+@pytest.fixture(scope='module')
+def one_thread():
+    """One intra-op thread for a module of small-input tests, restored afterwards: at 64-224 px and small
+    batches threads gain little, and on a shared 2-core machine spin-waiting OpenMP workers made such
+    files 7-50x slower (measured). A file opts in with ``pytestmark = pytest.mark.usefixtures('one_thread')``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope='session')
 def photos() -> Callable[..., torch.Tensor]:
     """``photos(size, num=2, in_chans=3)`` -> a normalised batch of real photographs."""

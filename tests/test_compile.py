@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch._dynamo
 
-from test_variants import VARIANTS
+from reference import VARIANTS
 from vt_timm.layers import VTStage
 
 ALL_VARIANTS = {'default': {}, **VARIANTS}

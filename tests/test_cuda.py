@@ -65,4 +65,7 @@ def test_benchmark_compare_on_cuda():
     rows = benchmark.main(['--compare', '--model-list', 'vt_resnet18', '--device', 'cuda', '--amp',
                            '--channels-last', '-b', '32', '--num-bench-iter', '3'])
     ratio = [r for r in rows if r['model'] == 'vt_resnet18 / resnet18']
-    assert len(ratio) == 2 and all(r['throughput_ratio'] > 0 and r['memory_ratio'] > 0 for r in ratio)
+    assert len(ratio) == 2
+    for r in ratio:  # same order of cost as ResNet-18 (CPU: 1.03-1.11x throughput, 1.065x memory): a broken
+        # kernel path, a host sync per step or a leaked graph shows up as a ratio far outside these bounds
+        assert 0.3 < r['throughput_ratio'] < 5 and 0.5 < r['memory_ratio'] < 2, r

@@ -13,6 +13,8 @@ import torch
 
 from vt_timm.tools.plot import read_summary
 
+pytestmark = pytest.mark.slow  # training runs (README: the fast set is -m 'not slow')
+
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL_BATCH = 64
 EPOCHS = 3

@@ -33,18 +33,10 @@ SIZES = ((IMG_SIZE, IMG_SIZE), second_size(IMG_SIZE))  # 224x224, then 256x168 t
 TORCHSCRIPT_RTOL = 1e-6
 
 pytestmark = [
+    pytest.mark.usefixtures('one_thread'),
     pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning'),
     pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:FutureWarning'),
 ]
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Two cores are shared with other jobs: keep PyTorch to one thread."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
 
 
 def trained_like(name: str, photos: Callable[..., torch.Tensor], **kwargs) -> nn.Module:

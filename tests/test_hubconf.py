@@ -49,7 +49,15 @@ def test_pretrained_loads_a_local_file(tmp_path, photos):
         assert torch.equal(model(x), source(x))
 
 
-def test_dependencies_are_importable():
-    assert hubconf.dependencies == ['torch', 'timm', 'huggingface_hub', 'safetensors']
+def test_dependencies_are_importable_and_declared():
+    """torch.hub checks ``dependencies`` before loading: each must import and be a declared dependency of
+    the package (pyproject.toml), so the two lists cannot drift apart."""
+    import re
+    import tomllib
+
+    declared = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['dependencies']
+    names = {re.split(r'[<>=!~\[; ]', d, maxsplit=1)[0].lower().replace('-', '_') for d in declared}
+    assert {'torch', 'timm'} <= set(hubconf.dependencies)
     for name in hubconf.dependencies:
         __import__(name)
+        assert name.lower() in names, f'{name} is in hubconf.dependencies but not in pyproject.toml'

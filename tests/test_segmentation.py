@@ -19,21 +19,13 @@ from vt_timm.cli import segment
 from vt_timm.models.vt_fpn import FPN, VTFPN, create_segmentation_model, pyramid_indices
 from vt_timm.tools.segmentation_macs import count_macs, segmentation_macs
 
+pytestmark = pytest.mark.usefixtures('one_thread')
+
 # small widths for the training tests (the paper's 256/128/1024 are the defaults, checked by the MACs tests)
 SMALL = ['--fpn-chs', '64', '--head-chs', '32', '--workers', '0', '--log-interval', '100']
 VT_SMALL = ['--neck-kwargs', 'token_chs=256']
 OVERFIT = ['--img-size', '72', '96', '-b', '4', '--train-repeats', '40', '--epochs', '4', '--opt', 'adamw',
            '--lr', '3e-3', '--weight-decay', '0.01', '--hflip', '0']
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """The 2 cores are shared: one intra-op thread avoids OpenMP oversubscription (measured up to 10x faster
-    under load, at most ~1.6x slower on an idle machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -177,6 +169,7 @@ def runs(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,min_acc,min_miou', [('voc', 0.85, 0.6), ('arc2017', 0.9, 0.6)])
 def test_overfits_a_real_annotated_photo(runs, name, min_acc, min_miou):
     """Measured: VOC 0.910 / 0.697, ARC2017 0.955 / 0.760 (pixel accuracy / mIoU at full resolution)."""
@@ -214,6 +207,7 @@ def test_eval_only_reproduces_logged_metrics(runs, name, tmp_path):
     assert json.loads(results_file.read_text())['miou'] == pytest.approx(metrics['miou'], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_learns_held_out_fashion_mnist_canvases(tmp_path):
     """Real Fashion-MNIST garments, DERIVED masks; val canvases use the unseen t10k garments. The trivial
     all-background prediction scores pixel accuracy = background share (~0.72) and mIoU = that / 11."""

@@ -24,6 +24,8 @@ from timm.models._features import FeatureGetterNet
 
 import vt_timm
 
+pytestmark = pytest.mark.usefixtures('one_thread')
+
 MODEL_NAMES = ('vt_resnet18', 'vt_resnet34', 'vt_resnet50', 'vt_resnet101')
 NUM_TOKENS, TOKEN_CHS = 16, 1024
 FEATURE_MODULES = ('act1', 'layer1', 'layer2', 'layer3')
@@ -38,19 +40,6 @@ POOLS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     'max': lambda tokens: tokens.amax(dim=1),
     '': lambda tokens: tokens,
 }
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_intra_op_thread():
-    """Run this module on one intra-op thread, then restore the setting.
-
-    At 64-128 px threads gain little, and on a shared 2-core machine busy-waiting OpenMP workers
-    make every op up to ~50x slower.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(params=MODEL_NAMES)

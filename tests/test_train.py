@@ -35,6 +35,7 @@ def quickstart_run(data_dir, tmp_path_factory):
     return output / 'run', metrics
 
 
+@pytest.mark.slow
 def test_quickstart_recipe_learns(quickstart_run):
     run_dir, metrics = quickstart_run
     assert metrics['top1'] >= 35., f'{metrics["top1"]:.1f}% top-1 on 500 held-out images (chance 10%)'
@@ -42,6 +43,7 @@ def test_quickstart_recipe_learns(quickstart_run):
     assert train_loss[1] < 0.9 * train_loss[0], train_loss
 
 
+@pytest.mark.slow
 def test_run_writes_summary_and_checkpoints(quickstart_run):
     run_dir, metrics = quickstart_run
     rows = (run_dir / 'summary.csv').read_text().strip().splitlines()
@@ -55,6 +57,7 @@ def test_run_writes_summary_and_checkpoints(quickstart_run):
     assert checkpoint['epoch'] == 1 and 'optimizer' in checkpoint and 'state_dict' in checkpoint
 
 
+@pytest.mark.slow
 def test_args_yaml_feeds_back(quickstart_run):
     run_dir, _ = quickstart_run
     saved = yaml.safe_load((run_dir / 'args.yaml').read_text())
@@ -62,6 +65,7 @@ def test_args_yaml_feeds_back(quickstart_run):
     assert vars(args) == saved
 
 
+@pytest.mark.slow
 def test_validate_reproduces_logged_accuracy(quickstart_run, data_dir, tmp_path):
     run_dir, metrics = quickstart_run
     results_file = tmp_path / 'results.json'
@@ -102,6 +106,7 @@ def test_validate_corrupt_checkpoint_is_clear_and_left_alone(tmp_path, data_dir)
     assert corrupt.read_bytes() == b'not a checkpoint'
 
 
+@pytest.mark.slow
 def test_validate_mismatched_num_classes(quickstart_run, data_dir):
     run_dir, _ = quickstart_run
     with pytest.raises(SystemExit, match='num_classes=7'):
@@ -125,6 +130,7 @@ def test_validate_config_takes_shared_keys_only(tmp_path):
         validate.parse_args(['-c', str(tmp_path / 'missing.yaml')])
 
 
+@pytest.mark.slow
 def test_quickstart_script_trains_then_validates(data_dir, tmp_path):
     """README Quickstart command 1 (here 1 epoch on 320 images): validate.py's top-1 is train.py's best."""
     subprocess.run(['bash', str(ROOT / 'scripts' / 'quickstart.sh'), '--data-dir', data_dir,
@@ -146,6 +152,7 @@ def _final_state(run_dir: Path):
     return torch.load(run_dir / 'last.pth.tar', weights_only=True, map_location='cpu')['state_dict']
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(data_dir, tmp_path):
     """Kill -9 in the middle of epoch 1, resume from the epoch-0 checkpoint: same weights and metrics."""
     subprocess.run(_train_command(data_dir, tmp_path, 'straight'), check=True, capture_output=True)
@@ -170,6 +177,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(data_dir, tmp_path)
     assert final_row(tmp_path / 'straight').split(',')[:5] == final_row(run_dir).split(',')[:5]
 
 
+@pytest.mark.slow
 def test_distillation_weights_losses_and_never_saves_the_teacher(data_dir, tmp_path, caplog):
     """0.8 distill + 0.2 task: the logged epoch losses obey it; checkpoints hold the student only."""
     import safetensors.torch
@@ -231,6 +239,7 @@ def test_teacher_is_a_real_imagenet_model(imagenet_samples):
     assert results['top1'] >= 85., f'{results["top1"]}% top-1 on 20 ImageNet photos'
 
 
+@pytest.mark.slow
 def test_distillation_from_real_teacher_lowers_kd_loss(imagenet_samples, tmp_path, caplog):
     """VT-ResNet-18 learns to match the ImageNet teacher's predictions on the photos (0.8 KD + 0.2 CE)."""
     root, class_map, teacher_file = imagenet_samples

@@ -14,6 +14,8 @@ import torch
 
 from vt_timm.tools.parity import load_fashion_mnist, train_run
 
+pytestmark = pytest.mark.slow  # training runs (README: the fast set is -m 'not slow')
+
 # the short run: 600 images x 2 epochs at batch 30 = 40 AdamW updates per model (about a minute each)
 TRAIN, TEST, BATCH, EPOCHS, TAIL = 600, 200, 30, 2, 10
 # VT-ResNet-18's mean training loss over the last 10 updates may exceed ResNet-18's by at most this

@@ -10,7 +10,7 @@ init_vt_weights) on VT-ResNet-18 built with each variant.
 """
 import copy
 import math
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, List, Tuple
 
 import pytest
 import timm
@@ -21,9 +21,9 @@ from timm.layers import set_scriptable
 from timm.models import create_feature_extractor
 
 from vt_timm.cli import train
-from test_layers import (
-    prepared, randomize_bn_, ref_bn, ref_filter_tokenizer, ref_projector, ref_recurrent_tokenizer, ref_softmax,
-    ref_transformer, ref_value_map,
+from reference import (
+    TOL64, VARIANTS, prepared, randomize_bn_, ref_bn, ref_filter_tokenizer, ref_projector, ref_recurrent_tokenizer,
+    ref_softmax, ref_transformer, ref_value_map,
 )
 from vt_timm.layers import (
     ClusteringTokenizer, FilterTokenizer, PoolingTokenizer, RecurrentTokenizer, TokenGraphConv,
@@ -31,32 +31,11 @@ from vt_timm.layers import (
     token_grid,
 )
 
-TOL64 = dict(rtol=1e-10, atol=1e-10)
-TOL32 = dict(rtol=1e-5, atol=1e-5)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
-# every ablation variant, as create_model / VTStage kwargs (the default model is tests/test_timm_contract.py's)
-VARIANTS: Dict[str, Dict] = {
-    'pooling': dict(first_tokenizer='pooling'),
-    'clustering': dict(first_tokenizer='clustering'),
-    'no_recurrent': dict(tokenizer='filter'),
-    'graphconv': dict(relation='graphconv'),
-    'no_relation': dict(relation='none'),
-    'no_projector': dict(projector=False),
-    'L32': dict(num_tokens=32),
-    'L64': dict(num_tokens=64),
-}
 TOKENIZER_TYPES = {'filter': FilterTokenizer, 'recurrent': RecurrentTokenizer, 'clustering': ClusteringTokenizer,
                    'pooling': PoolingTokenizer}
 RELATION_TYPES = {'transformer': TokenTransformer, 'graphconv': TokenGraphConv, 'none': nn.Identity}
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_intra_op_thread():
-    """One intra-op thread (small inputs; busy-waiting OpenMP workers slow a shared 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,8 @@ from vt_timm.tools.visualize import (
 )
 from vt_timm.cli.visualize import main
 
+pytestmark = pytest.mark.usefixtures('one_thread')
+
 SIZE = 128  # input px: an 8x8 map of 64 pixels per token map
 HW = (SIZE // 16) ** 2
 REPO = Path(__file__).resolve().parents[1]
@@ -66,16 +68,6 @@ def sharpen(model: nn.Module, seed: int = 0) -> nn.Module:
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = 0.1
     return model.eval()
-
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Single-image inference gains nothing from intra-op threads, and on a busy 2-core machine their
-    spin-waiting made this file ~7x slower (89 s against 13 s measured); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='module')

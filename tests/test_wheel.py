@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # training runs (README: the fast set is -m 'not slow')
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
