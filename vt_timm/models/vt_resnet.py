@@ -19,7 +19,7 @@ import torch.nn as nn
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import _assert, get_device_dtype, trunc_normal_
+from timm.layers import _assert, calculate_drop_path_rates, get_device_dtype, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
@@ -114,7 +114,7 @@ class VTResNet(nn.Module):
         # one linear stochastic-depth ramp over ResNet blocks and VT modules: make_blocks ramps to
         # its own last block, so hand it the rate that block has on the longer ramp
         num_blocks = sum(layers) + vt_depth
-        block_dprs = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
+        block_dprs = calculate_drop_path_rates(drop_path_rate, num_blocks)
         stages, stage_info = make_blocks(
             (block,) * 3,
             (64, 128, 256),
