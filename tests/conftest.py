@@ -3,7 +3,7 @@
 No test reaches the network or the user's caches: the Hugging Face Hub client runs offline against a
 throwaway cache (set before anything imports huggingface_hub, which reads these once).
 
-The suite runs under pytest-xdist (``-n auto --dist loadfile`` in setup.cfg: one worker per core, a
+The suite runs under pytest-xdist (``-n auto --dist loadfile`` in pyproject.toml: one worker per core, a
 test file's tests on one worker). Each worker gets an equal share of the cores as intra-op threads,
 inherited by the scripts it launches: without it every worker's PyTorch would start one thread per
 core and spin-wait against the others.
@@ -14,9 +14,6 @@ from typing import Callable, Tuple
 
 os.environ['HF_HUB_OFFLINE'] = '1'
 os.environ['HF_HOME'] = tempfile.mkdtemp(prefix='vt_timm-tests-hf-')
-WORKER_THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', 1)))
-if 'PYTEST_XDIST_WORKER_COUNT' in os.environ:
-    os.environ['OMP_NUM_THREADS'] = str(WORKER_THREADS)
 
 import pytest
 import torch
@@ -26,7 +23,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 import vt_timm  # noqa: F401  registers the models
 
 if 'PYTEST_XDIST_WORKER_COUNT' in os.environ:
-    torch.set_num_threads(WORKER_THREADS)  # in case torch was imported before this file
+    worker_threads = max(1, (os.cpu_count() or 1) // int(os.environ['PYTEST_XDIST_WORKER_COUNT']))
+    torch.set_num_threads(worker_threads)
+    os.environ['OMP_NUM_THREADS'] = str(worker_threads)  # for the scripts a test launches
 
 PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket')
 

@@ -4,7 +4,6 @@ import argparse
 import os
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
-
 from ..tools.checkpoints import is_model_name
 from ..tools.configs import load_config
 from ..tools.data import OFFLINE_SOURCES

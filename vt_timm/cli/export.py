@@ -8,13 +8,12 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch.nn as nn
 
 from ..tools.checkpoints import create_model_from_checkpoint
-from ..tools.files import replacing
-from .args import check_files, check_model
 from ..tools.export import (
     ERROR_FACTOR, FORMATS, check_export, check_opset, check_output_path, export_onnx, export_torchscript,
     float32_error, image_batch, load_image, second_size,
 )
-
+from ..tools.files import replacing
+from .args import check_files, check_model
 
 
 def create_parser() -> argparse.ArgumentParser:

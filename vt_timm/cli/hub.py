@@ -1,11 +1,14 @@
 """Command line of vt_timm.tools.hub: a train.py run folder to a Hugging Face Hub folder, and its upload.
+
+    vt-hub export output/run/model_best.pth.tar --out hub/vt_resnet18.fmnist --tag fmnist \
+        [--use-ema] [--results output/run/validate.json]
+    vt-hub push hub/vt_resnet18.fmnist --repo-id you/vt_resnet18.fmnist [--dry-run]
 """
 import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..tools.hub import check_folder, export, push
-
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

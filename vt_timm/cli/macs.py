@@ -1,10 +1,8 @@
-"""Command line of vt_timm.tools.macs: MACs and params of the VT-ResNets and their ablations against the paper's tables.
-"""
+"""Command line of vt_timm.tools.macs: MACs and params of the VT-ResNets and their ablations against the paper's tables."""
 import argparse
 from typing import Optional, Sequence
 
 from ..tools.macs import DEPTHS, ablation_table, format_table, model_table, profile_model, ratio_table
-
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -1,10 +1,8 @@
-"""Command line of vt_timm.tools.plot: a run's summary.csv to its loss/accuracy curves PNG.
-"""
+"""Command line of vt_timm.tools.plot: a run's summary.csv to its loss/accuracy curves PNG."""
 import argparse
 from typing import Optional, Sequence
 
 from ..tools.plot import plot_summary
-
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -5,13 +5,11 @@
 import argparse
 from typing import Optional, Sequence
 
+from ..tools.macs import format_table
 from ..tools.segmentation_macs import macs_table
 
 
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from ..tools.macs import format_table
-
     parser = argparse.ArgumentParser(description='VT-FPN vs FPN MACs next to the paper\'s Tables 9-10')
     parser.add_argument('--backbones', nargs='+', default=['resnet50', 'resnet101'], help='timm backbones')
     parser.add_argument('--markdown', action='store_true', help='print a markdown table')

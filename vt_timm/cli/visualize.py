@@ -1,12 +1,10 @@
-"""Command line of vt_timm.tools.visualize: per-token spatial attention maps of a VT model on an image.
-"""
+"""Command line of vt_timm.tools.visualize: per-token spatial attention maps of a VT model on an image."""
 import argparse
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from .args import check_files, parse_args_with_config
 from ..tools.visualize import TokenAttention, create_vt_model, entropy_table, plot_token_attention, token_attention_maps
-
+from .args import check_files, parse_args_with_config
 
 
 def _parse_module(value: str) -> Union[int, str]:

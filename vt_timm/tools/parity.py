@@ -22,13 +22,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import VTBlock
-from .data import DEBIAN_FASHION_MNIST, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from .data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from .files import replacing
 
 __all__ = [
     'RECIPES', 'Recipe', 'RunResult', 'TrainCallbacks', 'load_fashion_mnist', 'train_run', 'cached_train_run',
-    'token_diversity',
-    'diversity_stats', 'evaluate',
+    'token_diversity', 'diversity_stats', 'evaluate',
 ]
 
 
@@ -74,8 +73,7 @@ def load_fashion_mnist(
     held-out t10k split).
     """
     source = Path(source)
-    files = [source / f'{name}.gz' for name in (
-        'train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')]
+    files = [source / f'{name}.gz' for name in FASHION_MNIST_FILES]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(f'Fashion-MNIST not found ({missing[0]}): install it with '

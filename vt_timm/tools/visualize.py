@@ -30,8 +30,8 @@ from .checkpoints import architecture_name, is_model_name, load_weights
 from .files import replacing
 
 __all__ = [
-    'ModuleAttention', 'TokenAttention', 'ModuleCapture', 'vt_blocks', 'capture_vt_modules', 'create_vt_model', 'load_weights', 'resolve_image_config',
-    'load_image', 'token_attention_maps', 'attention_entropy', 'entropy_table', 'plot_token_attention',
+    'ModuleAttention', 'TokenAttention', 'ModuleCapture', 'vt_blocks', 'capture_vt_modules', 'forward_eval',
+    'create_vt_model', 'load_weights', 'resolve_image_config', 'load_image', 'token_attention_maps', 'attention_entropy', 'entropy_table', 'plot_token_attention',
 ]
 
 ImageInput = Union[str, Path, Image.Image, torch.Tensor]
