@@ -37,7 +37,7 @@ def part_of(name: str) -> str:
         if parts[1] != 'blocks':
             return f'vt.{parts[1]}'
         prefix, module = '.'.join(parts[:3]), parts[3]
-        if module == 'transformer':
+        if module == 'relation':
             module = 'ffn' if parts[4].startswith('ffn') else 'attention'
         return f'{prefix}.{module}'
     if parts[0].startswith('layer'):

@@ -54,14 +54,14 @@ def stage_parts(depth: int, batch_size: int) -> Dict[str, Run]:
         maps, tokens, block_tokens = [lifted], [None], []
         for block in vt.blocks:
             block_tokens.append(block.tokenizer(maps[-1], tokens[-1]))
-            tokens.append(block.transformer(block_tokens[-1]))
+            tokens.append(block.relation(block_tokens[-1]))
             maps.append(block.projector(maps[-1], tokens[-1]) if block.projector is not None else maps[-1])
     runs: Dict[str, Run] = {f'resnet{depth} layer4': lambda: resnet.layer4(x), f'vt_resnet{depth} vt': lambda: vt(x)}
     if not isinstance(vt.lift, nn.Identity):
         runs['- lift'] = lambda: vt.lift(x.contiguous(memory_format=torch.channels_last))
     for i, block in enumerate(vt.blocks):
         runs[f'- {i} tokenizer'] = lambda b=block, m=maps[i], t=tokens[i]: b.tokenizer(m, t)
-        runs[f'- {i} relation'] = lambda b=block, t=block_tokens[i]: b.transformer(t)
+        runs[f'- {i} relation'] = lambda b=block, t=block_tokens[i]: b.relation(t)
         if block.projector is not None:
             runs[f'- {i} projector'] = lambda b=block, m=maps[i], t=tokens[i + 1]: b.projector(m, t)
     return runs

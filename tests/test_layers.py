@@ -22,7 +22,7 @@ from reference import (
 )
 from vt_timm.layers import (
     FilterTokenizer, Projector, RecurrentTokenizer, SpatialLogitNorm, TokenLinear, TokenNorm, TokenTransformer,
-    VTBlock, VTStage, init_vt_weights, token_attention,
+    VTBlock, VTCfg, VTStage, init_vt_weights, token_attention,
 )
 
 
@@ -317,7 +317,7 @@ def test_projector_zero_init_last_is_identity(training, token_chs):
 @pytest.mark.parametrize('project', [False, True])
 def test_block_is_chain_of_its_submodules(recurrent, project):
     tokenizer = 'recurrent' if recurrent else 'filter'
-    block = prepared(VTBlock(C, 12, num_tokens=L, tokenizer=tokenizer, project=project, qk_dim=QK, num_heads=2))
+    block = prepared(VTBlock(C, VTCfg(token_chs=12, num_tokens=L, qk_dim=QK, num_heads=2), tokenizer=tokenizer, projector=project))
     assert isinstance(block.tokenizer, RecurrentTokenizer if recurrent else FilterTokenizer)
     assert (block.projector is not None) == project
     x, t_in = rand_map(3, 5), (rand_tokens(12) if recurrent else None)
@@ -326,7 +326,7 @@ def test_block_is_chain_of_its_submodules(recurrent, project):
         tokens = ref_recurrent_tokenizer(block.tokenizer, x, t_in)
     else:
         tokens = ref_filter_tokenizer(block.tokenizer, x)
-    tokens = ref_transformer(block.transformer, tokens)
+    tokens = ref_transformer(block.relation, tokens)
     assert torch.allclose(t_out, tokens, **TOL64)
     if project:
         assert torch.allclose(x_out, ref_projector(block.projector, x, tokens), **TOL64)
@@ -370,7 +370,7 @@ def test_stage_drop_path_rates_reach_drop_path_modules():
     rates = [0., 0.1, 0.2]
     stage = VTStage(6, C, 3, token_chs=12, num_tokens=L, qk_dim=QK, drop_path_rates=rates)
     for rate, block in zip(rates, stage.blocks):
-        branches = [block.transformer.drop_path1, block.transformer.drop_path2]
+        branches = [block.relation.drop_path1, block.relation.drop_path2]
         if block.projector is not None:
             branches.append(block.projector.drop_path)
         for dp in branches:
@@ -425,13 +425,13 @@ def test_every_stage_parameter_gets_gradient():
 def test_init_vt_weights_scales():
     """Every VT map LeCun normal (std 1 / sqrt(fan-in)); the tokenizers' temperatures sqrt(2 ln L); the
     closing BNs are left alone."""
-    stage = VTStage(64, 96, depth=2, token_chs=128, num_tokens=L)
+    stage = VTStage(64, 96, vt_depth=2, token_chs=128, num_tokens=L)
     with torch.no_grad():
         for m in stage.modules():
             if isinstance(m, SpatialLogitNorm):
                 m.norm.weight.fill_(5.)
     init_vt_weights(stage)
-    for w in (stage.blocks[0].tokenizer.attn.weight, stage.blocks[1].transformer.key.fc.weight):
+    for w in (stage.blocks[0].tokenizer.attn.weight, stage.blocks[1].relation.key.fc.weight):
         assert w.std().item() == pytest.approx(w.shape[1] ** -0.5, rel=0.15)
     for block in stage.blocks:
         assert torch.allclose(block.tokenizer.logit_norm.norm.weight, torch.full((L,), (2 * math.log(L)) ** 0.5))

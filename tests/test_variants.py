@@ -27,7 +27,7 @@ from reference import (
 )
 from vt_timm.layers import (
     ClusteringTokenizer, FilterTokenizer, PoolingTokenizer, RecurrentTokenizer, TokenGraphConv,
-    TokenTransformer, VTBlock, VTStage, create_relation, create_tokenizer, init_vt_weights, spherical_kmeans,
+    TokenTransformer, VTBlock, VTCfg, VTStage, create_relation, create_tokenizer, init_vt_weights, spherical_kmeans,
     token_grid,
 )
 
@@ -270,8 +270,8 @@ def test_graphconv_zero_init_last_is_identity(training):
 
 
 def test_relation_none_is_identity():
-    block = prepared(VTBlock(8, 12, num_tokens=4, relation='none', qk_dim=6))
-    assert isinstance(block.transformer, nn.Identity)
+    block = prepared(VTBlock(8, VTCfg(token_chs=12, num_tokens=4, relation='none', qk_dim=6)))
+    assert isinstance(block.relation, nn.Identity)
     x = torch.randn(2, 8, 3, 5, dtype=torch.float64)
     x_out, tokens = block(x)
     assert torch.equal(tokens, block.tokenizer(x))
@@ -283,6 +283,30 @@ def test_factories_reject_unknown_kinds():
         create_tokenizer('kmeans', 8, 12)
     with pytest.raises(ValueError, match='relation must be one of'):
         create_relation('gcn', 12)
+
+
+@pytest.mark.parametrize('field, value, match', [
+    ('num_tokens', 1, 'num_tokens=1: expected an integer of at least 2'),
+    ('num_tokens', 0, 'num_tokens=0: expected an integer of at least 2'),
+    ('token_chs', -8, 'token_chs=-8: expected an integer of at least 1'),
+    ('num_heads', 0, 'num_heads=0'),
+    ('qk_dim', 2.5, 'qk_dim=2.5'),
+    ('relation', 'gcn', 'relation must be one of'),
+])
+def test_vt_cfg_rejects_out_of_range_settings(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        VTCfg(**{field: value})
+    with pytest.raises(ValueError, match=match):
+        timm.create_model('vt_resnet18', **{field: value})
+
+
+def test_vt_block_loads_checkpoints_that_call_the_relation_transformer():
+    block = VTBlock(8, VTCfg(token_chs=12, num_tokens=4, qk_dim=6)).eval()
+    old_keys = {k.replace('relation.', 'transformer.'): v for k, v in block.state_dict().items()}
+    assert any(k.startswith('transformer.') for k in old_keys)
+    fresh = VTBlock(8, VTCfg(token_chs=12, num_tokens=4, qk_dim=6))
+    fresh.load_state_dict(old_keys)  # strict: every renamed key lands
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in block.state_dict().items())
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,14 +349,14 @@ def expected_structure(variant: str, depth: int) -> List[Tuple[type, type, bool]
 
 def test_stage_structure_and_chaining(variant):
     stage = prepared(small_stage(variant))
-    structure = [(type(b.tokenizer), type(b.transformer), b.projector is not None) for b in stage.blocks]
+    structure = [(type(b.tokenizer), type(b.relation), b.projector is not None) for b in stage.blocks]
     assert structure == expected_structure(variant, 3)
     x = torch.randn(2, 6, 8, 8, dtype=torch.float64)
     out = stage(x)
     # manual chain through the transcriptions of the blocks that have one
     h, tokens = stage.lift(x), None
     for block in stage.blocks:
-        tok, rel = block.tokenizer, block.transformer
+        tok, rel = block.tokenizer, block.relation
         t = ref_recurrent_tokenizer(tok, h, tokens) if isinstance(tok, RecurrentTokenizer) else tok(h, tokens)
         if isinstance(rel, TokenTransformer):
             t = ref_transformer(rel, t)
@@ -386,8 +410,8 @@ def test_init_vt_weights_on_variants():
         nn.init.constant_(p, 3.)
     init_vt_weights(stage)
     for block in stage.blocks:
-        assert torch.equal(block.transformer.adjacency, torch.eye(16))
-        assert block.transformer.mix.weight.std().item() == pytest.approx(128 ** -0.5, rel=0.15)  # LeCun: 1 / fan-in
+        assert torch.equal(block.relation.adjacency, torch.eye(16))
+        assert block.relation.mix.weight.std().item() == pytest.approx(128 ** -0.5, rel=0.15)  # LeCun: 1 / fan-in
     assert stage.blocks[0].tokenizer.value.fc.weight.std().item() == pytest.approx(96 ** -0.5, rel=0.15)
     clustering = VTStage(64, 96, 2, token_chs=128, first_tokenizer='clustering')
     init_vt_weights(clustering)
@@ -412,7 +436,7 @@ def test_model_kwargs_through_train_py(variant):
     args, _ = train.parse_args(['--model', 'vt_resnet18', '--model-kwargs', *cli])
     assert args.model_kwargs == VARIANTS[variant]
     model = timm.create_model(args.model, device='meta', **args.model_kwargs)
-    structure = [(type(b.tokenizer), type(b.transformer), b.projector is not None) for b in model.vt.blocks]
+    structure = [(type(b.tokenizer), type(b.relation), b.projector is not None) for b in model.vt.blocks]
     assert structure == expected_structure(variant, 2)
     assert model.vt.num_tokens == VARIANTS[variant].get('num_tokens', 16)
 

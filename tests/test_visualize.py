@@ -161,7 +161,7 @@ def test_propagated_equals_W_A_computed_independently(model, photo_files):
         x = model.vt.lift(model.forward_intermediates(result.input[None], intermediates_only=True)[-1])
         tokens = None
         for block, maps in zip(model.vt.blocks, result.modules):
-            tokenizer, transformer = block.tokenizer, block.transformer
+            tokenizer, transformer = block.tokenizer, block.relation
             pixels = x.flatten(2)  # (1, C, HW)
             if tokens is None:  # filter tokenizer: X W_A
                 logits = tokenizer.attn.weight[:, :, 0, 0] @ pixels
@@ -254,7 +254,7 @@ def test_variants_and_relations_without_attention(photo_files):
         torch.testing.assert_close(m.propagated.flatten(1), m.weights @ m.attention.flatten(1))
 
     no_attention = sharpen(timm.create_model('vt_resnet18'))
-    no_attention.vt.blocks[1].transformer = nn.Identity()
+    no_attention.vt.blocks[1].relation = nn.Identity()
     result = token_attention_maps(no_attention, image, img_size=SIZE)
     assert result.modules[0].propagated is not None
     assert result.modules[1].propagated is None and result.modules[1].weights is None

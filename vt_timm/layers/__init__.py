@@ -29,8 +29,8 @@ W_V maps C <-> C_T and exists only where the two widths differ. Tokens are kept 
 (N, L, C), as in timm's other token models.
 
 Where each part lives: ``tokenizers`` (filter, recurrent, clustering, pooling), ``relations``
-(transformer, graph convolution, none), ``projector``, ``vt_block`` (the VT module and stage,
-``init_vt_weights``), ``norms`` (token BN, token-wise linear maps, the logit norm) and ``attention``.
+(transformer, graph convolution, none), ``projector``, ``vt_block`` (the VT module, its settings ``VTCfg``
+and the stage), ``weight_init``, ``norms`` (token BN, token-wise linear maps, the logit norm) and ``attention``.
 """
 from .attention import token_attention
 from .norms import SpatialLogitNorm, TokenLinear, TokenNorm
@@ -40,11 +40,13 @@ from .tokenizers import (
     FIRST_TOKENIZERS, LATER_TOKENIZERS, ClusteringTokenizer, FilterTokenizer, PoolingTokenizer, RecurrentTokenizer,
     create_tokenizer, spherical_kmeans, token_grid,
 )
-from .vt_block import VTBlock, VTStage, init_vt_weights
+from .vt_block import VTBlock, VTCfg, VTStage
+from .weight_init import init_conv_weights, init_vt_weights
 
 __all__ = [
     'token_attention', 'TokenNorm', 'TokenLinear', 'SpatialLogitNorm', 'FilterTokenizer', 'RecurrentTokenizer',
-    'ClusteringTokenizer', 'PoolingTokenizer', 'TokenTransformer', 'TokenGraphConv', 'Projector', 'VTBlock', 'VTStage',
-    'create_tokenizer', 'create_relation', 'spherical_kmeans', 'token_grid', 'init_vt_weights',
+    'ClusteringTokenizer', 'PoolingTokenizer', 'TokenTransformer', 'TokenGraphConv', 'Projector', 'VTCfg', 'VTBlock',
+    'VTStage', 'create_tokenizer', 'create_relation', 'spherical_kmeans', 'token_grid', 'init_vt_weights',
+    'init_conv_weights',
     'FIRST_TOKENIZERS', 'LATER_TOKENIZERS', 'RELATIONS',
 ]

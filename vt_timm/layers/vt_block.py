@@ -1,50 +1,84 @@
-"""The VT module (tokenizer -> relation -> projector) and the VT stage that replaces a ResNet's last
-stage (paper section 4.1), with the initialisation of every VT map.
+"""The VT module (tokenizer -> relation -> projector), its settings (``VTCfg``) and the VT stage that
+replaces a ResNet's last stage (paper section 4.1).
 
 Paper: `Visual Transformers: Token-based Image Representation and Processing for Computer Vision`
     - https://arxiv.org/abs/2006.03677 (Wu et al., v4 / ICCV 2021)
 """
-from typing import List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.layers import ConvNormAct, lecun_normal_
+from timm.layers import ConvNormAct
 from timm.models import checkpoint
 
-from .norms import SpatialLogitNorm
 from .projector import Projector
-from .relations import TokenGraphConv, create_relation
+from .relations import RELATIONS, create_relation
 from .tokenizers import FIRST_TOKENIZERS, LATER_TOKENIZERS, create_tokenizer
 
-__all__ = ['VTBlock', 'VTStage', 'init_vt_weights']
+__all__ = ['VTCfg', 'VTBlock', 'VTStage']
+
+
+@dataclass(frozen=True)
+class VTCfg:
+    """What every module of a VT stage shares (paper Table 11), and the ablations of Tables 3-7.
+
+    Args:
+        token_chs: token width C_T.
+        num_tokens: number of visual tokens L (at least 2).
+        qk_dim: width of the attention keys and queries in the transformer and projector.
+        num_heads: attention heads of the transformer and projector.
+        first_tokenizer: tokenizer of the first module: 'filter' (paper), 'clustering' or 'pooling' (Table 3).
+        tokenizer: tokenizer of the later modules: 'recurrent' (paper) or 'filter' (Table 4).
+        relation: token relation: 'transformer' (paper), 'graphconv' or 'none' (Table 5).
+        projector: False removes every projector (Table 7).
+    """
+    token_chs: int = 1024
+    num_tokens: int = 16
+    qk_dim: int = 256
+    num_heads: int = 1
+    first_tokenizer: str = 'filter'
+    tokenizer: str = 'recurrent'
+    relation: str = 'transformer'
+    projector: bool = True
+
+    def __post_init__(self):
+        for name, least in (('token_chs', 1), ('num_tokens', 2), ('qk_dim', 1), ('num_heads', 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                what = 'visual tokens' if name == 'num_tokens' else 'channels' if name != 'num_heads' else 'heads'
+                raise ValueError(f'{name}={value!r}: expected an integer of at least {least} ({what})')
+        for name, kinds in (('first_tokenizer', FIRST_TOKENIZERS), ('tokenizer', LATER_TOKENIZERS),
+                            ('relation', RELATIONS)):
+            if getattr(self, name) not in kinds:
+                raise ValueError(f'{name} must be one of {kinds}, got {getattr(self, name)!r}')
 
 
 class VTBlock(nn.Module):
     """One visual-transformer module: tokenizer -> token relation -> (optional) projector.
 
-    ``tokenizer`` and ``relation`` name the variants of ``create_tokenizer`` / ``create_relation``;
-    the relation keeps the attribute name ``transformer`` whatever its kind ('none': identity).
+    ``tokenizer`` names this module's tokenizer (``create_tokenizer``); ``cfg`` gives the widths, tokens,
+    heads and the relation (``create_relation``; 'none' is the identity).
     """
 
     def __init__(
             self,
             in_chs: int,
-            token_chs: int = 1024,
-            num_tokens: int = 16,
+            cfg: VTCfg = VTCfg(),
             tokenizer: str = 'filter',
-            relation: str = 'transformer',
-            project: bool = True,
-            qk_dim: int = 256,
-            num_heads: int = 1,
+            projector: bool = True,
             drop_path: float = 0.,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.tokenizer = create_tokenizer(tokenizer, in_chs, token_chs, num_tokens, **dd)
-        self.transformer = create_relation(relation, token_chs, num_tokens, qk_dim, num_heads, drop_path, **dd)
-        self.projector = Projector(in_chs, token_chs, qk_dim, num_heads, drop_path, **dd) if project else None
+        self.tokenizer = create_tokenizer(tokenizer, in_chs, cfg.token_chs, cfg.num_tokens, **dd)
+        self.relation = create_relation(
+            cfg.relation, cfg.token_chs, cfg.num_tokens, cfg.qk_dim, cfg.num_heads, drop_path, **dd)
+        self.projector = Projector(
+            in_chs, cfg.token_chs, cfg.qk_dim, cfg.num_heads, drop_path, **dd) if projector else None
+        self.register_load_state_dict_pre_hook(_rename_relation_keys)
 
     def forward(
             self,
@@ -52,11 +86,17 @@ class VTBlock(nn.Module):
             tokens: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Map (N, C, H, W) and previous tokens (N, L, C_T) or None -> (new map, new tokens)."""
-        tokens = self.transformer(self.tokenizer(x, tokens))
+        tokens = self.relation(self.tokenizer(x, tokens))
         if self.projector is not None:
             x = self.projector(x, tokens)
         return x, tokens
 
+
+def _rename_relation_keys(module: nn.Module, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints written before the relation's attribute was renamed call it ``transformer``: load them."""
+    old = prefix + 'transformer.'
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + 'relation.' + key[len(old):]] = state_dict.pop(key)
 
 
 class VTStage(nn.Module):
@@ -64,59 +104,45 @@ class VTStage(nn.Module):
 
     The last module has no projector: its tokens are the stage output and a projected map would
     feed nothing. An optional 1x1 conv + BN + ReLU lifts the input map to the VT width first.
-    The paper's ablations (Tables 3-7) are arguments: ``first_tokenizer`` (FIRST_TOKENIZERS),
-    ``tokenizer`` of the later modules (LATER_TOKENIZERS), ``relation`` (RELATIONS) and
-    ``projector=False``, where every module tokenizes the same (lifted) map and the last module's
-    tokens are still the output.
+    ``cfg`` (a ``VTCfg``, or its fields as keywords) holds what the modules share and the paper's
+    ablations; with ``projector=False`` every module tokenizes the same (lifted) map and the last
+    module's tokens are still the output.
     """
 
     def __init__(
             self,
             in_chs: int,
-            chs: int,
-            depth: int,
-            token_chs: int = 1024,
-            num_tokens: int = 16,
-            qk_dim: int = 256,
-            num_heads: int = 1,
-            first_tokenizer: str = 'filter',
-            tokenizer: str = 'recurrent',
-            relation: str = 'transformer',
-            projector: bool = True,
+            vt_chs: int,
+            vt_depth: int,
+            cfg: Optional[VTCfg] = None,
             drop_path_rates: Optional[List[float]] = None,
             device=None,
             dtype=None,
+            **cfg_kwargs: Any,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if first_tokenizer not in FIRST_TOKENIZERS:
-            raise ValueError(f'first_tokenizer must be one of {FIRST_TOKENIZERS}, got {first_tokenizer!r}')
-        if tokenizer not in LATER_TOKENIZERS:
-            raise ValueError(f'tokenizer must be one of {LATER_TOKENIZERS}, got {tokenizer!r}')
-        if not projector and tokenizer != 'recurrent' and depth > 1:
+        if cfg is not None and cfg_kwargs:
+            raise ValueError(f'pass either cfg or its fields as keywords, not both (got {sorted(cfg_kwargs)})')
+        cfg = cfg or VTCfg(**cfg_kwargs)
+        if not cfg.projector and cfg.tokenizer != 'recurrent' and vt_depth > 1:
             raise ValueError(
-                f"projector=False needs tokenizer='recurrent': with {tokenizer!r} tokenizers the tokens of "
+                f"projector=False needs tokenizer='recurrent': with {cfg.tokenizer!r} tokenizers the tokens of "
                 f"every module but the last would reach neither the map nor the next module")
-        if num_tokens < 2:
-            raise ValueError(f'num_tokens={num_tokens}: a VT stage needs at least 2 visual tokens')
-        drop_path_rates = drop_path_rates or [0.] * depth
-        self.num_tokens = num_tokens
+        drop_path_rates = drop_path_rates or [0.] * vt_depth
+        self.num_tokens = cfg.num_tokens
         self.grad_checkpointing = False
-        self.lift = ConvNormAct(in_chs, chs, 1, **dd) if in_chs != chs else nn.Identity()
+        self.lift = ConvNormAct(in_chs, vt_chs, 1, **dd) if in_chs != vt_chs else nn.Identity()
         self.blocks = nn.ModuleList([
             VTBlock(
-                chs,
-                token_chs,
-                num_tokens,
-                tokenizer=tokenizer if i > 0 else first_tokenizer,
-                relation=relation,
-                project=projector and i < depth - 1,
-                qk_dim=qk_dim,
-                num_heads=num_heads,
+                vt_chs,
+                cfg,
+                tokenizer=cfg.tokenizer if i > 0 else cfg.first_tokenizer,
+                projector=cfg.projector and i < vt_depth - 1,
                 drop_path=drop_path_rates[i],
                 **dd,
             )
-            for i in range(depth)
+            for i in range(vt_depth)
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,23 +158,3 @@ class VTStage(nn.Module):
                 x, tokens = block(x, tokens)
         assert tokens is not None
         return tokens
-
-
-def init_vt_weights(module: nn.Module) -> None:
-    """Initialise every VT map in ``module``: LeCun normal (variance 1 / fan-in) for the linear maps and
-    1x1 convs, the identity for the graph convolutions' adjacency A_g, and the tokenizers' temperatures
-    at ``sqrt(2 ln L)`` (``SpatialLogitNorm``).
-
-    Every map of a VT module is followed by a BatchNorm, directly or through the logits it feeds, so its
-    scale sets no softmax's sharpness; fan-in scale keeps each BN's inputs near the unit variance its
-    running statistics start at, so that a model in eval mode is right from the first updates.
-    """
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            lecun_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, TokenGraphConv):
-            nn.init.eye_(m.adjacency)
-        elif isinstance(m, SpatialLogitNorm):
-            m.reset_temperature()

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ConvNormAct
 
-from ..layers import FilterTokenizer, Projector, TokenTransformer, init_vt_weights
+from ..layers import FilterTokenizer, Projector, TokenTransformer, init_conv_weights, init_vt_weights
 
 __all__ = [
     'FPN', 'VTFPN', 'SemanticHead', 'SegmentationModel', 'create_segmentation_model', 'pyramid_indices',
@@ -38,15 +38,6 @@ PYRAMID_STRIDES = (4, 8, 16, 32)  # P2-P5
 def _conv_bn(in_chs: int, out_chs: int, kernel_size: int, dd: Dict) -> nn.Module:
     """Conv (no bias) + BatchNorm, no activation: detectron2's FPN convs with norm='BN'."""
     return ConvNormAct(in_chs, out_chs, kernel_size, apply_act=False, **dd)
-
-
-def _kaiming_init(module: nn.Module) -> None:
-    """He init (fan-out, ReLU) for every conv in ``module``, as timm's ResNet and detectron2's heads."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 class FPN(nn.Module):
@@ -64,7 +55,7 @@ class FPN(nn.Module):
         self.output = nn.ModuleList([_conv_bn(out_chs, out_chs, 3, dd) for _ in in_chs])
 
     def init_weights(self) -> None:
-        _kaiming_init(self)
+        init_conv_weights(self)
 
     def forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
         laterals = [conv(x) for conv, x in zip(self.lateral, features)]
@@ -107,7 +98,7 @@ class VTFPN(nn.Module):
     def init_weights(self) -> None:
         """He init for the laterals; the VT parts as in VT-ResNet, their closing BNs zeroed so that a fresh
         VT-FPN passes the laterals through unchanged."""
-        _kaiming_init(self.lateral)
+        init_conv_weights(self.lateral)
         for vt_part in (self.tokenizers, self.transformer, self.projectors):
             init_vt_weights(vt_part)
         self.transformer.zero_init_last()
@@ -153,7 +144,7 @@ class SemanticHead(nn.Module):
         self.classifier = nn.Conv2d(chs, num_classes, 1, **dd)
 
     def init_weights(self) -> None:
-        _kaiming_init(self)
+        init_conv_weights(self)
 
     def forward(self, features: List[torch.Tensor], out_size: Tuple[int, int]) -> torch.Tensor:
         sizes = [tuple(x.shape[-2:]) for x in features]

@@ -19,17 +19,32 @@ import torch.nn as nn
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import _assert, calculate_drop_path_rates, get_device_dtype, trunc_normal_
+from timm.layers import _assert, calculate_drop_path_rates, get_device_dtype, global_pool_nlc, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models import resolve_pretrained_cfg
-from timm.models._features import feature_take_indices
 from timm.models.resnet import BasicBlock, Bottleneck, make_blocks
 
-from ..layers import VTStage, init_vt_weights
+from ..layers import VTCfg, VTStage, init_conv_weights, init_vt_weights
 
 __all__ = ['VTResNet']
 
-POOL_TYPES = ('', 'avg', 'max')
+POOL_TYPES = ('', 'avg', 'max', 'avgmax')  # timm's global_pool_nlc over the tokens
+
+
+def feature_levels(num_levels: int, indices: Optional[Union[int, List[int]]] = None) -> Tuple[List[int], int]:
+    """Levels to return and the deepest one, as timm's ``forward_intermediates`` reads ``indices``: all if None,
+    the last n if an int, else the listed levels (negative counts from the end)."""
+    if indices is None:
+        indices = num_levels
+    if isinstance(indices, int):
+        if not 0 < indices <= num_levels:
+            raise ValueError(f'indices={indices}: the last n levels, n from 1 to {num_levels}')
+        levels = list(range(num_levels - indices, num_levels))
+    else:
+        levels = [i + num_levels if i < 0 else i for i in indices]
+        if not levels or not all(0 <= i < num_levels for i in levels):
+            raise ValueError(f'indices={list(indices)}: expected levels in 0..{num_levels - 1} (or -{num_levels}..-1)')
+    return levels, max(levels)
 
 
 class PixelTokens(nn.Module):
@@ -77,7 +92,7 @@ class VTResNet(nn.Module):
             vt_depth: number of VT modules.
             num_classes: classifier outputs; 0 gives pooled pre-logits.
             in_chans: input image channels.
-            global_pool: token pooling of the head: 'avg' (paper), 'max' or '' (none, NLC out).
+            global_pool: token pooling of the head: 'avg' (paper), 'max', 'avgmax' or '' (none, NLC out).
             token_chs: token width C_T.
             num_tokens: number of visual tokens L.
             qk_dim: width of the attention keys/queries in transformer and projector.
@@ -127,21 +142,11 @@ class VTResNet(nn.Module):
             self.add_module(*stage)
         self.feature_info.extend(stage_info)
 
-        self.vt = VTStage(
-            stage_info[-1]['num_chs'],
-            vt_chs,
-            vt_depth,
-            token_chs=token_chs,
-            num_tokens=num_tokens,
-            qk_dim=qk_dim,
-            num_heads=num_heads,
-            first_tokenizer=first_tokenizer,
-            tokenizer=tokenizer,
-            relation=relation,
-            projector=projector,
-            drop_path_rates=block_dprs[sum(layers):],
-            **dd,
+        vt_cfg = VTCfg(
+            token_chs=token_chs, num_tokens=num_tokens, qk_dim=qk_dim, num_heads=num_heads,
+            first_tokenizer=first_tokenizer, tokenizer=tokenizer, relation=relation, projector=projector,
         )
+        self.vt = VTStage(stage_info[-1]['num_chs'], vt_chs, vt_depth, vt_cfg, block_dprs[sum(layers):], **dd)
 
         self.num_tokens = num_tokens  # 0 once pruned to pixel tokens; an int, so TorchScript keeps the size check
         self.num_features = self.head_hidden_size = token_chs
@@ -154,9 +159,8 @@ class VTResNet(nn.Module):
     def init_weights(self, zero_init_last: bool = True) -> None:
         """Kaiming init for the ResNet convs (as timm's ResNet), ``init_vt_weights`` for the VT stage,
         truncated normal (std .02, as timm's ViT) for the classifier."""
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Conv2d) and not name.startswith('vt.'):
-                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+        for trunk_part in (self.conv1, self.layer1, self.layer2, self.layer3):
+            init_conv_weights(trunk_part)
         init_vt_weights(self.vt)
         if isinstance(self.fc, nn.Linear):
             trunc_normal_(self.fc.weight, std=.02)
@@ -245,7 +249,7 @@ class VTResNet(nn.Module):
         """
         _assert(output_fmt == 'NCHW', 'output_fmt must be NCHW: intermediates are feature maps')
         self._check_input(x)
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        take_indices, max_index = feature_levels(len(self.feature_info), indices)
         intermediates = []
         x = self._stem(x)
         if 0 in take_indices:
@@ -278,7 +282,7 @@ class VTResNet(nn.Module):
         the head) or when its input layer is pruned; the last kept map's pixels then serve as the
         tokens, so ``forward_features`` stays (N, L, C), and the head is reset to pass them through.
         """
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        take_indices, max_index = feature_levels(len(self.feature_info), indices)
         for name in ('layer1', 'layer2', 'layer3')[max_index:]:
             setattr(self, name, nn.Sequential())
         if max_index == 0:
@@ -302,10 +306,7 @@ class VTResNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens (N, L, C_T) -> logits (or pooled pre-logits, or the tokens when unpooled)."""
-        if self.global_pool == 'avg':
-            x = x.mean(dim=1)
-        elif self.global_pool == 'max':
-            x = x.amax(dim=1)
+        x = global_pool_nlc(x, pool_type=self.global_pool, num_prefix_tokens=0)
         x = self.head_drop(x)
         return x if pre_logits else self.fc(x)
 

@@ -1,12 +1,15 @@
 """Weights into models, loaded safely (safetensors, or ``torch.load(weights_only=True)``: no pickled code
 runs), with errors that name the file and say what the model expected."""
+import argparse
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+import safetensors.torch
 import timm
 import torch
 import torch.nn as nn
-from timm.models import load_state_dict
+from timm.models import clean_state_dict
 
 
 def is_model_name(name: str) -> bool:
@@ -33,26 +36,52 @@ def _checkpoint_shapes_hint(model: nn.Module, state_dict: Dict[str, torch.Tensor
     return f' (the file has {", ".join(hints)}: pass them as model kwargs)' if hints else ''
 
 
-def load_weights(model: nn.Module, checkpoint: Union[str, Path], use_ema: bool = False) -> nn.Module:
-    """Load a train.py checkpoint, a state dict or a ``.safetensors`` file into ``model``, safely.
+EMA_KEYS = ('state_dict_ema', 'model_ema')  # where timm's CheckpointSaver and others keep EMA weights
 
-    ``torch.load(weights_only=True)`` (no pickled code runs) or safetensors, through timm's
-    ``load_state_dict``; the keys must match exactly. Errors name the file.
-    """
+
+def read_state_dict(checkpoint: Union[str, Path], use_ema: bool = False) -> Dict[str, torch.Tensor]:
+    """The weights in a train.py checkpoint, a state dict or a ``.safetensors`` file, read safely
+    (safetensors, or ``torch.load(weights_only=True)``: no pickled code runs), prefixes cleaned by timm's
+    ``clean_state_dict``. ``use_ema`` takes the EMA weights and fails if the file holds none (timm's own
+    ``load_state_dict`` falls back to the raw weights silently). Errors name the file."""
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path}: no such file')
     try:
-        state_dict = load_state_dict(str(path), use_ema=use_ema, weights_only=True)
-    except Exception as e:  # garbage, truncated, or a pickle that needs code to load
+        if path.suffix == '.safetensors':
+            contents = safetensors.torch.load_file(str(path), device='cpu')
+        else:
+            # timm's own train.py keeps its argparse.Namespace in the checkpoint: a plain container, allowed
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                contents = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # garbage, truncated, not a checkpoint, or a pickle that needs code to load
+        blocked = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
+        reason = (f'weights_only=True blocked loading it: it pickles {blocked.group(1)}, not only tensors and '
+                  f'containers; nothing ran (if you trust the file, re-save its state dict as .safetensors)'
+                  if blocked else f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
         raise ValueError(f'checkpoint {path} cannot be read as weights (torch.load weights_only=True, or '
-                         f'safetensors): {type(e).__name__}: {e}') from e
+                         f'safetensors): {reason}') from e
+    keys = list(contents) if isinstance(contents, dict) else []
+    if use_ema:
+        key = next((k for k in EMA_KEYS if isinstance(contents, dict) and contents.get(k) is not None), None)
+        if key is None:
+            raise ValueError(f'checkpoint {path} holds no EMA weights (keys: {sorted(keys)[:8]})')
+    else:
+        key = next((k for k in ('state_dict', 'model') if k in keys), None)
+    state_dict = contents[key] if key else contents
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f'checkpoint {path}: expected a state dict of tensors (or a train.py checkpoint)')
+    return clean_state_dict(state_dict)
+
+
+def load_weights(model: nn.Module, checkpoint: Union[str, Path], use_ema: bool = False) -> nn.Module:
+    """Load ``read_state_dict(checkpoint, use_ema)`` into ``model``; the keys must match exactly. Errors name
+    the file and the model's settings."""
+    state_dict = read_state_dict(checkpoint, use_ema)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
-        raise ValueError(f'checkpoint {path} does not fit {architecture_name(model)} (in_chans='
+        raise ValueError(f'checkpoint {checkpoint} does not fit {architecture_name(model)} (in_chans='
                          f'{getattr(model, "in_chans", "?")}, num_classes={getattr(model, "num_classes", "?")})'
                          f'{_checkpoint_shapes_hint(model, state_dict)}: {e}') from e
     return model

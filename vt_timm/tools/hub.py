@@ -20,10 +20,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import timm
 import torch
 from safetensors import safe_open
-from timm.models._hub import generate_readme, save_for_hf
+from huggingface_hub import ModelCardData
+from timm.models import save_for_hf
 
-from .macs import profile_model
 from .checkpoints import create_model_from_checkpoint, is_model_name
+from .macs import profile_model
 from .configs import load_config
 
 HUB_FILES = ('config.json', 'model.safetensors', 'README.md')
@@ -42,10 +43,6 @@ RECIPE_KEYS = ('dataset', 'train_num_samples', 'epochs', 'batch_size', 'opt', 'l
 
 def load_trained_model(checkpoint: Path, run_args: Dict[str, Any], use_ema: bool) -> torch.nn.Module:
     """The model of a train.py run (architecture from its args) with the checkpoint's raw or EMA weights."""
-    if use_ema and checkpoint.suffix != '.safetensors':
-        keys = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True).keys()
-        if 'state_dict_ema' not in keys:
-            raise SystemExit(f'--use-ema: {checkpoint} holds no EMA weights (keys: {sorted(keys)})')
     in_chans = run_args['input_size'][0] if run_args.get('input_size') else run_args.get('in_chans')
     return create_model_from_checkpoint(run_args['model'], str(checkpoint), use_ema, run_args.get('num_classes'),
                                         in_chans, run_args.get('model_kwargs')).eval()
@@ -62,39 +59,48 @@ def data_config(run_args: Dict[str, Any], in_chans: int) -> Dict[str, Any]:
 
 def model_card(model: torch.nn.Module, input_size: Sequence[int], repo_id: str, tag: str, run_args: Dict[str, Any],
                use_ema: bool, results: Optional[Dict[str, Any]]) -> str:
-    """README.md for the Hub: what the weights are, how they were trained and evaluated, how to load them."""
+    """README.md for the Hub: metadata (huggingface_hub's ``ModelCardData``), what the weights are, how they were
+    trained and evaluated, how to load them."""
     stats = profile_model(run_args['model'], input_size[-1], num_classes=model.num_classes, in_chans=model.in_chans,
                           **(run_args.get('model_kwargs') or {}))
     dataset = run_args.get('dataset') or 'image folder'
-    card = dict(
-        description=(f'A VT-ResNet (Visual Transformer on ResNet stages 1-4) trained with vt_timm\'s train.py on '
-                     f'{dataset}; {"EMA" if use_ema else "raw (non-EMA)"} weights, tag `{tag}`.'),
-        details={
-            'Model Type': 'Image classification / feature backbone',
-            'Model Stats': {
-                'Params (M)': f'{stats.params / 1e6:.2f}',
-                'GMACs': f'{stats.macs / 1e9:.3f} (multiply-adds incl. matmuls, at {input_size[-1]} px)',
-                'Image size': 'x'.join(str(s) for s in input_size),
-            },
-            'Papers': {'Visual Transformers: Token-based Image Representation and Processing for Computer Vision':
-                       'https://arxiv.org/abs/2006.03677'},
-            'Dataset': dataset,
-            'Training recipe': {k: run_args[k] for k in RECIPE_KEYS if run_args.get(k) not in (None, '', False)},
-        },
-        usage=(f'```python\nimport timm\nimport vt_timm  # registers the VT-ResNet architectures\n\n'
-               f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()\n"
-               f'transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))\n```\n'),
-        citation=CITATION,
-        license=model.pretrained_cfg.get('license', 'apache-2.0'),
-        tags=['image-classification', 'timm', 'vt_timm'],
-    )
+    metadata = ModelCardData(
+        license=model.pretrained_cfg.get('license', 'apache-2.0'), library_name='timm',
+        pipeline_tag='image-classification', tags=['image-classification', 'timm', 'vt_timm'],
+        datasets=[dataset.lower()] if run_args.get('dataset') else None)
+    recipe = {k: run_args[k] for k in RECIPE_KEYS if run_args.get(k) not in (None, '', False)}
+    lines = [
+        f'---\n{metadata.to_yaml()}\n---',
+        f'# Model card for {repo_id}\n',
+        f'A VT-ResNet (Visual Transformer on ResNet stages 1-4) trained with vt_timm\'s train.py on {dataset}; '
+        f'{"EMA" if use_ema else "raw (non-EMA)"} weights, tag `{tag}`.\n',
+        '## Model Details',
+        '- **Model Type:** Image classification / feature backbone',
+        '- **Model Stats:**',
+        f'  - Params (M): {stats.params / 1e6:.2f}',
+        f'  - GMACs: {stats.macs / 1e9:.3f} (multiply-adds incl. matmuls, at {input_size[-1]} px)',
+        f'  - Image size: {"x".join(str(s) for s in input_size)}',
+        '- **Papers:**',
+        '  - Visual Transformers: Token-based Image Representation and Processing for Computer Vision: '
+        'https://arxiv.org/abs/2006.03677',
+        f'- **Dataset:** {dataset}',
+        '- **Training recipe:**',
+        *(f'  - {k}: {v}' for k, v in recipe.items()),
+        '\n## Model Usage',
+        f'```python\nimport timm\nimport vt_timm  # registers the VT-ResNet architectures\n\n'
+        f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()\n"
+        f'transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))\n```',
+    ]
     if results:
-        card['comparison'] = (
-            '| split | samples | top-1 | top-5 | loss | img size | crop pct |\n|---|---|---|---|---|---|---|\n'
+        lines += [
+            '\n## Model Comparison',
+            '| split | samples | top-1 | top-5 | loss | img size | crop pct |\n|---|---|---|---|---|---|---|',
             f'| {run_args.get("val_split", "validation")} | {results["samples"]} | {results["top1"]:.2f} | '
-            f'{results["top5"]:.2f} | {results["loss"]:.4f} | {results["img_size"]} | {results["crop_pct"]} |\n\n'
-            'Measured with vt_timm\'s validate.py.\n')
-    return generate_readme(card, f'{repo_id}')
+            f'{results["top5"]:.2f} | {results["loss"]:.4f} | {results["img_size"]} | {results["crop_pct"]} |\n',
+            'Measured with vt_timm\'s validate.py.',
+        ]
+    lines += ['\n## Citation', f'```bibtex\n{CITATION}\n```']
+    return '\n'.join(lines) + '\n'
 
 
 def check_reload(folder: Path, model: torch.nn.Module, input_size: Sequence[int]) -> None:

@@ -74,15 +74,6 @@ def vt_blocks(model: nn.Module) -> List[Tuple[str, VTBlock]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, VTBlock)]
 
 
-def _relation(block: nn.Module) -> Optional[nn.Module]:
-    """The module relating the tokens (``transformer``, or ``relation`` in variants), if any."""
-    for attr in ('transformer', 'relation'):
-        module = getattr(block, attr, None)
-        if isinstance(module, nn.Module):
-            return module
-    return None
-
-
 @dataclass
 class ModuleCapture:
     """What one VT module computed in the latest forward pass under ``capture_vt_modules`` (detached).
@@ -151,7 +142,7 @@ def capture_vt_modules(model: nn.Module, modules: Optional[Sequence[int]] = None
             handles.append(tokenizer.register_forward_pre_hook(
                 partial(_capture_input, capture, 'logits'), with_kwargs=True))
             handles.append(tokenizer.register_forward_hook(partial(_capture_tokens, capture)))
-            for field_name, part in (('relation_weights', _relation(block)),
+            for field_name, part in (('relation_weights', block.relation),
                                      ('projector_weights', getattr(block, 'projector', None))):
                 if part is not None and hasattr(part, 'attention_weights'):
                     handles.append(part.register_forward_pre_hook(
@@ -318,8 +309,7 @@ def token_attention_maps(
     results = []
     for i, capture in zip(selected, captures):
         name, block = blocks[i]
-        relation = _relation(block)
-        relation_name = type(relation).__name__ if relation is not None else 'none'
+        relation_name = type(block.relation).__name__
         if capture.logits is None:
             raise RuntimeError(f'{name}: its tokenizer did not run in the forward pass')
         attention = capture.logits[0].float().softmax(dim=-1).reshape(-1, *capture.map_size).cpu()
