@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, set_scriptable
 from timm.models import FeatureGraphNet, create_feature_extractor, get_pretrained_cfg, group_parameters
-from timm.models._features import FeatureGetterNet
 
 import vt_timm
 
@@ -94,7 +93,7 @@ def params_without_grad(model: nn.Module) -> List[str]:
 
 def feature_backbone(features_model: nn.Module) -> nn.Module:
     """The module of a features_only wrapper whose state-dict keys are the plain model's."""
-    if isinstance(features_model, FeatureGetterNet):
+    if type(features_model).__name__ == 'FeatureGetterNet':  # timm's getter wrapper (not exported publicly)
         return features_model.model
     if isinstance(features_model, FeatureGraphNet):
         return features_model.graph_module

@@ -10,9 +10,10 @@ import torch.nn as nn
 from ..tools.checkpoints import create_model_from_checkpoint
 from ..tools.export import (
     ERROR_FACTOR, FORMATS, check_export, check_opset, check_output_path, export_onnx, export_torchscript,
-    float32_error, image_batch, load_image, second_size,
+    float32_error, image_batch, second_size,
 )
 from ..tools.files import replacing
+from ..tools.images import load_image
 from .args import check_files, check_model
 
 
@@ -65,7 +66,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[Tuple[int, int], float]:
     sizes = [(args.img_size, args.img_size)]
     if args.dynamic_size or args.format == 'torchscript':
         sizes.append(second_size(args.img_size))
-    image = load_image(args.image)
+    try:
+        image = load_image(args.image)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f'--{e}') from e
     inputs = [image_batch(model, image, size) for size in sizes]
 
     with replacing(check_output_path(args.output)) as tmp:  # an export that fails its check replaces nothing

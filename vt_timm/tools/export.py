@@ -86,14 +86,6 @@ def export_torchscript(model: nn.Module, path: PathLike) -> Path:
     return Path(path)
 
 
-def load_image(path: Optional[PathLike] = None) -> Image.Image:
-    """The RGB photograph at ``path``, by default matplotlib's bundled photo of Grace Hopper."""
-    if path is None:
-        from matplotlib import cbook
-        path = cbook.get_sample_data('grace_hopper.jpg', asfileobj=False)
-    return Image.open(path).convert('RGB')
-
-
 def image_batch(model: nn.Module, image: Image.Image, size: Tuple[int, int]) -> torch.Tensor:
     """``image`` resized and centre-cropped to ``size`` (H, W) and normalised as ``model`` expects
     (timm's eval transform of its pretrained cfg), as a batch of one with ``model.in_chans``

@@ -28,6 +28,7 @@ from PIL import Image
 from ..layers import VTBlock
 from .checkpoints import architecture_name, is_model_name, load_weights
 from .files import replacing
+from .images import load_image
 
 __all__ = [
     'ModuleAttention', 'TokenAttention', 'ModuleCapture', 'vt_blocks', 'capture_vt_modules', 'forward_eval',
@@ -213,26 +214,6 @@ def resolve_image_config(
             values = (sum(values) / len(values),) * in_chans if in_chans == 1 else (values * in_chans)[:in_chans]
         config[key] = values
     return config
-
-
-def load_image(path: Union[str, Path], in_chans: int = 3) -> Image.Image:
-    """An image file in any format PIL reads, as 'L' (1 channel) or 'RGB' (3 channels)."""
-    from PIL import UnidentifiedImageError
-
-    path = Path(path)
-    if in_chans not in (1, 3):
-        raise ValueError(f'image {path}: a model with in_chans={in_chans} cannot take an image file (1 or 3 channels)')
-    if not path.is_file():
-        raise FileNotFoundError(f'image {path}: no such file')
-    try:
-        with Image.open(path) as image:
-            image.seek(0)  # first frame of an animation / multi-page file
-            if image.mode in ('I;16', 'I;16B', 'I;16L', 'I'):  # 16/32-bit grey: scale to 8 bit
-                array = np.asarray(image, dtype=np.float64)
-                image = Image.fromarray((255 * array / max(array.max(), 1)).astype(np.uint8))
-            return image.convert('L' if in_chans == 1 else 'RGB')
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise ValueError(f'image {path}: not an image PIL can read: {e}') from e
 
 
 def _display_image(input: torch.Tensor, config: Dict[str, Any]) -> np.ndarray:
