@@ -13,7 +13,7 @@ weight matmuls.
     vt-macs [--img-size 224] [--markdown]
 """
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -87,9 +87,14 @@ def count_call_macs(run: Callable[[], Any]) -> Tuple[float, Dict[str, float]]:
     return counter.get_total_flops() / 2, per_module
 
 
-def count_macs(model: nn.Module, img_size: int = 224) -> Tuple[float, Dict[str, float]]:
-    """Multiply-adds of one image through ``model``: (total, per-module totals)."""
-    return count_call_macs(lambda: model(torch.zeros(1, model.in_chans, img_size, img_size, device='meta')))
+def count_macs(model: nn.Module, img_size: Union[int, Tuple[int, int]] = 224,
+               in_chans: Optional[int] = None) -> Tuple[float, Dict[str, float]]:
+    """Multiply-adds of one image (``img_size`` square or (H, W); ``in_chans`` by default the model's, else 3)
+    through ``model``, on the model's device (``meta`` costs nothing): (total, per-module totals)."""
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    in_chans = in_chans or getattr(model, 'in_chans', 3)
+    device = next(model.parameters()).device
+    return count_call_macs(lambda: model(torch.zeros(1, in_chans, *size, device=device)))
 
 
 def profile_model(name: str, img_size: int = 224, **kwargs) -> Profile:

@@ -2,19 +2,8 @@
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
-import torch
-import torch.nn as nn
-
 from ..models.vt_fpn import HEADS, create_segmentation_model
-from .macs import count_call_macs
-
-
-
-def count_macs(model: nn.Module, img_size: Tuple[int, int], in_chans: int = 3) -> Tuple[float, Dict[str, float]]:
-    """Multiply-adds of one (H, W) image through ``model`` (convs, linears, matmuls, as vt_timm.tools.macs):
-    (total, per-module totals keyed by the counter's ``ClassName.child`` names)."""
-    device = next(model.parameters()).device
-    return count_call_macs(lambda: model(torch.zeros(1, in_chans, *img_size, device=device)))
+from .macs import count_macs
 
 
 def segmentation_macs(backbone: str, head: str, img_size: Tuple[int, int], num_classes: int) -> Dict[str, float]:
