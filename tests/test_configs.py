@@ -89,3 +89,21 @@ def test_quickstart_normalisation_is_the_training_set_statistics(tmp_path):
     assert (round(pixels.mean().item(), 4), round(pixels.std().item(), 4)) == (FASHION_MNIST_MEAN, FASHION_MNIST_STD)
     cfg = load('quickstart_fashion_mnist')
     assert (cfg.mean, cfg.std) == ([FASHION_MNIST_MEAN], [FASHION_MNIST_STD])
+
+
+def test_fashion_mnist_location_follows_the_environment(tmp_path, monkeypatch):
+    """``VT_TIMM_FASHION_MNIST`` names another folder of the four official files; a wrong one fails clearly."""
+    from vt_timm.tools.data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES, prepare_fashion_mnist
+
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    for name in FASHION_MNIST_FILES:
+        (elsewhere / f'{name}.gz').symlink_to(DEBIAN_FASHION_MNIST / f'{name}.gz')
+    monkeypatch.setenv('VT_TIMM_FASHION_MNIST', str(elsewhere))
+    raw = prepare_fashion_mnist(tmp_path / 'a') / 'FashionMNIST' / 'raw'
+    assert sorted(p.name for p in raw.iterdir()) == sorted(FASHION_MNIST_FILES)
+    assert (raw / 't10k-labels-idx1-ubyte').stat().st_size == 10008  # 8-byte header + 10,000 labels
+    (elsewhere / 't10k-labels-idx1-ubyte.gz').unlink()
+    with pytest.raises(FileNotFoundError, match=f'not found in {elsewhere} .*t10k-labels-idx1-ubyte.gz.*VT_TIMM'):
+        prepare_fashion_mnist(tmp_path / 'b')
+    assert not (tmp_path / 'b' / 'FashionMNIST' / 'raw').exists()

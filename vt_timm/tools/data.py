@@ -1,14 +1,17 @@
-"""Offline real data: Fashion-MNIST from the Debian package ``dataset-fashion-mnist``."""
+"""Offline real data: Fashion-MNIST's four official ``*-ubyte.gz`` files, by default from the Debian package
+``dataset-fashion-mnist``, elsewhere from the folder named by ``VT_TIMM_FASHION_MNIST``."""
 import gzip
+import os
 import shutil
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import torch
 
 from .files import replacing
 
 DEBIAN_FASHION_MNIST = Path('/usr/share/datasets/fashion-mnist')
+FASHION_MNIST_ENV = 'VT_TIMM_FASHION_MNIST'
 FASHION_MNIST_FILES = (
     'train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte',
 )
@@ -16,10 +19,24 @@ FASHION_MNIST_FILES = (
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 
 
-def prepare_fashion_mnist(root: Union[str, Path], source: Path = DEBIAN_FASHION_MNIST) -> Path:
+def fashion_mnist_files(source: Optional[Union[str, Path]] = None) -> List[Path]:
+    """The four ``*-ubyte.gz`` files (train images, train labels, test images, test labels) in ``source``: by
+    default the folder in ``$VT_TIMM_FASHION_MNIST``, else Debian's. Fails naming the folder and the fix."""
+    source = Path(source or os.environ.get(FASHION_MNIST_ENV) or DEBIAN_FASHION_MNIST)
+    files = [source / f'{name}.gz' for name in FASHION_MNIST_FILES]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f'Fashion-MNIST not found in {source} (missing {", ".join(missing)}): install it with '
+            f'`apt-get update && apt-get install -y dataset-fashion-mnist` (as root), or set {FASHION_MNIST_ENV} to '
+            f'a folder holding the four official *-ubyte.gz files')
+    return files
+
+
+def prepare_fashion_mnist(root: Union[str, Path], source: Optional[Union[str, Path]] = None) -> Path:
     """Unpack the Debian package's files into ``root/FashionMNIST/raw`` (torchvision's layout).
 
-    Afterwards ``torchvision.datasets.FashionMNIST(root, download=False)`` and timm's
+    ``source``: see ``fashion_mnist_files``. Afterwards ``torchvision.datasets.FashionMNIST(root, download=False)`` and timm's
     ``create_dataset('torch/fashion_mnist', root=root)`` read them. Returns ``root``.
     """
     root = Path(root)
@@ -27,13 +44,10 @@ def prepare_fashion_mnist(root: Union[str, Path], source: Path = DEBIAN_FASHION_
     missing = [name for name in FASHION_MNIST_FILES if not (raw / name).exists()]
     if not missing:
         return root
-    if not all((source / f'{name}.gz').exists() for name in missing):
-        raise FileNotFoundError(
-            f'Fashion-MNIST not found in {source}: install it with '
-            f'`apt-get update && apt-get install -y dataset-fashion-mnist` (as root)')
+    files = dict(zip(FASHION_MNIST_FILES, fashion_mnist_files(source)))
     raw.mkdir(parents=True, exist_ok=True)
     for name in missing:
-        with replacing(raw / name) as tmp, gzip.open(source / f'{name}.gz', 'rb') as src, open(tmp, 'wb') as dst:
+        with replacing(raw / name) as tmp, gzip.open(files[name], 'rb') as src, open(tmp, 'wb') as dst:
             shutil.copyfileobj(src, dst)  # a killed run never leaves a truncated file behind
     return root
 

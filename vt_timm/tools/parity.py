@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import VTBlock
-from .data import DEBIAN_FASHION_MNIST, FASHION_MNIST_FILES, FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from .data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, fashion_mnist_files
 from .files import replacing
 
 __all__ = [
@@ -64,20 +64,15 @@ def load_fashion_mnist(
         num_test: int = 1000,
         img_size: int = 112,
         seed: int = 0,
-        source: Union[str, Path] = DEBIAN_FASHION_MNIST,
+        source: Optional[Union[str, Path]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A fixed random subset of real Fashion-MNIST in memory: (train images, labels, test images, labels).
 
     Images are (N, 1, img_size, img_size) float32, bilinearly upsampled from 28 px and normalised with
     the training set's mean/std; ``seed`` picks the subsets (train from the train split, test from the
-    held-out t10k split).
+    held-out t10k split); ``source`` as in ``data.fashion_mnist_files``.
     """
-    source = Path(source)
-    files = [source / f'{name}.gz' for name in FASHION_MNIST_FILES]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise FileNotFoundError(f'Fashion-MNIST not found ({missing[0]}): install it with '
-                                f'`apt-get update && apt-get install -y dataset-fashion-mnist` (as root)')
+    files = fashion_mnist_files(source)
     generator = torch.Generator().manual_seed(seed)
     splits = []
     for images_file, labels_file, count in ((files[0], files[1], num_train), (files[2], files[3], num_test)):
