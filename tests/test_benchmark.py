@@ -44,11 +44,24 @@ def test_cpu_training_memory_is_counted_exactly():
 @pytest.mark.parametrize('argv, message', [
     (['--model', 'no_such_model'], 'unknown models'),
     (['--compare', '--model', 'resnet18'], 'pairs vt_resnetN with resnetN'),
-    (['--results-file', 'r.txt'], 'expected a .csv or .json'),
+    (['--results-file', 'r.txt'], '--results-file: r.txt: results are written as csv or json'),
+    (['--amp-dtype', 'bf16'], '2'),  # argparse: invalid choice
 ])
 def test_bad_input(argv, message):
     with pytest.raises(SystemExit, match=message):
         benchmark.main(argv)
+
+
+def test_torchcompile_compiles_the_timed_model(monkeypatch):
+    """--torchcompile BACKEND --torchcompile-mode MODE reach torch.compile (timm's flags); --amp-dtype is
+    timm's float16 unless given."""
+    calls = []
+    monkeypatch.setattr(torch, 'compile', lambda model, **kwargs: calls.append(kwargs) or model)
+    args = benchmark.create_parser().parse_args(['--torchcompile', 'eager', '--torchcompile-mode', 'max-autotune'])
+    assert args.amp_dtype == 'float16'
+    benchmark.Bench('resnet18', 'infer', args)
+    assert calls == [{'backend': 'eager', 'mode': 'max-autotune'}]
+    assert benchmark.create_parser().parse_args(['--torchcompile']).torchcompile == 'inductor'
 
 
 def test_vt_stage_table_parts_add_up():

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
+import torch._dynamo
 import yaml
 
 from vt_timm.cli import train
@@ -128,6 +130,70 @@ def test_validate_config_takes_shared_keys_only(tmp_path):
         validate.parse_args(['-c', str(not_a_mapping)])
     with pytest.raises(SystemExit, match='no such file'):
         validate.parse_args(['-c', str(tmp_path / 'missing.yaml')])
+
+
+def test_amp_dtype_is_timms_and_checked(tmp_path):
+    """--amp-dtype: timm's default (float16) and choices in train.py and validate.py; a config's typo fails
+    naming the flag instead of silently becoming float16."""
+    train_args, _ = train.parse_args([])
+    assert train_args.amp_dtype == validate.parse_args([]).amp_dtype == 'float16'
+    for parse in (train.parse_args, validate.parse_args):
+        with pytest.raises(SystemExit):
+            parse(['--amp-dtype', 'bfloat61'])
+    config = tmp_path / 'typo.yaml'
+    config.write_text('amp: true\namp_dtype: bfloat61\n')
+    with pytest.raises(SystemExit, match='--amp-dtype bfloat61: expected one of float16, bfloat16'):
+        train.main(['-c', str(config)])
+
+
+def test_validate_results_format_checked_before_work(tmp_path, data_dir):
+    config = tmp_path / 'results.yaml'
+    config.write_text('results_format: xml\n')
+    with pytest.raises(SystemExit, match='--results-format: .*results are written as csv or json'):
+        validate.main(['-c', str(config), '--data-dir', data_dir, '--results-file', str(tmp_path / 'r.xml')])
+    with pytest.raises(SystemExit):
+        validate.parse_args(['--results-format', 'xml'])
+    assert not (tmp_path / 'r.xml').exists()
+
+
+COMPILE_BACKEND = 'vt_timm_test_record'
+compiled_graphs = []  # (mode, grad enabled) of every graph the backend below is given
+
+
+@torch._dynamo.register_backend(name=COMPILE_BACKEND)
+def _record_graphs(graph_module, example_inputs, mode=None):
+    """A torch.compile backend that records the graphs dynamo traces and runs them eagerly."""
+    compiled_graphs.append((mode, torch.is_grad_enabled()))
+    return graph_module.forward
+
+
+@pytest.mark.slow
+def test_torchcompile_trains_and_validates_compiled_and_saves_plain_weights(data_dir, tmp_path):
+    """--torchcompile BACKEND --torchcompile-mode MODE: train.py trains and validates (EMA included) the
+    compiled model, validate.py evaluates a compiled one; the checkpoint loads into an uncompiled model
+    (no ``_orig_mod.`` keys) and gives the same top-1. Without --experiment the run folder is
+    <date>-<time>-<model>."""
+    torch._dynamo.reset()
+    compiled_graphs.clear()
+    compile_flags = ['--torchcompile', COMPILE_BACKEND, '--torchcompile-mode', 'max-autotune']
+    metrics = train.main(['-c', QUICKSTART, '--data-dir', data_dir, '--output', str(tmp_path), '--train-num-samples',
+                          '64', '--val-num-samples', '32', '--epochs', '1', '-b', '32', '-j', '0', '--model-ema',
+                          *compile_flags])
+    # one training graph; evaluation (no grad) of the model and of its EMA
+    assert sorted(compiled_graphs) == [('max-autotune', False), ('max-autotune', False), ('max-autotune', True)]
+    run_dir, = tmp_path.iterdir()
+    assert re.fullmatch(r'\d{8}-\d{6}-vt_resnet18', run_dir.name), run_dir.name
+    checkpoint = torch.load(run_dir / 'last.pth.tar', weights_only=True, map_location='cpu')
+    plain = timm.create_model('vt_resnet18', num_classes=10, in_chans=1)
+    for key in ('state_dict', 'state_dict_ema'):
+        plain.load_state_dict(checkpoint[key])  # strict: a compiled module's _orig_mod. prefix would fail here
+
+    torch._dynamo.reset()  # a fresh process's cache: dynamo would reuse train.py's eval graph
+    compiled_graphs.clear()
+    results = validate.main(['-c', str(run_dir / 'args.yaml'), '--checkpoint', str(run_dir / 'last.pth.tar')])
+    assert compiled_graphs and all(mode == 'max-autotune' for mode, _ in compiled_graphs)  # args.yaml's flags
+    assert results['top1'] == pytest.approx(metrics['top1'], abs=1e-3)
+    torch._dynamo.reset()
 
 
 @pytest.mark.slow

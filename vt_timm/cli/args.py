@@ -1,12 +1,55 @@
-"""What the command lines share: YAML configs keyed by flag dest names and input checks that fail at once
-naming the flag and what is wrong."""
+"""What the command lines share: YAML configs keyed by flag dest names, timm's precision and compile flags,
+and input checks that fail at once naming the flag and what is wrong."""
 import argparse
 import os
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from contextlib import nullcontext
+from functools import partial
+from typing import Callable, ContextManager, Dict, Optional, Sequence, Tuple
+
+import torch
 
 from ..tools.checkpoints import is_model_name
 from ..tools.configs import load_config
 from ..tools.data import OFFLINE_SOURCES
+from ..tools.files import results_format
+
+AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16}
+
+
+def add_amp_arguments(parser: argparse.ArgumentParser) -> None:  # or an argument group
+    """timm's ``--amp`` and ``--amp-dtype`` (default float16, as in timm's train.py, validate.py, benchmark.py)."""
+    parser.add_argument('--amp', action='store_true', default=False, help='mixed precision (autocast)')
+    parser.add_argument('--amp-dtype', default='float16', choices=tuple(AMP_DTYPES),
+                        help='autocast dtype under --amp (default: float16)')
+
+
+def amp_dtype(name: str) -> torch.dtype:
+    """The torch dtype an ``--amp-dtype`` value names (a config file's value included)."""
+    if name not in AMP_DTYPES:
+        raise SystemExit(f'--amp-dtype {name}: expected one of {", ".join(AMP_DTYPES)}')
+    return AMP_DTYPES[name]
+
+
+def create_autocast(args: argparse.Namespace, device_type: str) -> Callable[[], ContextManager]:
+    """A context factory: autocast to ``--amp-dtype`` on ``device_type`` under ``--amp``, else a no-op."""
+    if not args.amp:
+        return nullcontext
+    return partial(torch.autocast, device_type, dtype=amp_dtype(args.amp_dtype))
+
+
+def add_compile_arguments(parser: argparse.ArgumentParser) -> None:  # or an argument group
+    """timm's ``--torchcompile [BACKEND]`` (inductor when given bare) and ``--torchcompile-mode``."""
+    parser.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor', metavar='BACKEND',
+                        help='torch.compile the model with this backend (default: inductor)')
+    parser.add_argument('--torchcompile-mode', type=str, default=None, metavar='MODE',
+                        help='torch.compile mode, e.g. max-autotune (default: None)')
+
+
+def create_config_parser(help: str) -> argparse.ArgumentParser:
+    """The ``-c/--config FILE`` parser that ``parse_args_with_config`` reads before the script's own."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('-c', '--config', default='', type=str, metavar='FILE', help=help)
+    return parser
 
 
 def check_files(args: argparse.Namespace, file_dests: Sequence[str]) -> None:
@@ -17,6 +60,15 @@ def check_files(args: argparse.Namespace, file_dests: Sequence[str]) -> None:
             raise SystemExit(f'--{dest.replace("_", "-")} {path}: no such file')
 
 
+def check_results_file(path: str, fmt: Optional[str] = None) -> None:
+    """``write_results`` can write ``path`` (if set): as ``fmt`` (--results-format), else by its extension."""
+    if path:
+        try:
+            results_format(path, fmt)
+        except ValueError as e:
+            raise SystemExit(f'--results-{"format" if fmt else "file"}: {e}') from None
+
+
 def check_model(name: str, flag: str = '--model') -> None:
     """``name`` is a model timm can build (``is_model_name``)."""
     if not is_model_name(name):
@@ -24,12 +76,13 @@ def check_model(name: str, flag: str = '--model') -> None:
 
 
 def check_inputs(args: argparse.Namespace, file_dests: Sequence[str]) -> None:
-    """Files named by ``file_dests`` exist, ``--data-dir`` exists (or an offline source fills it)
-    and ``--model`` is a model timm can build."""
+    """Files named by ``file_dests`` exist, ``--data-dir`` exists (or an offline source fills it),
+    ``--model`` is a model timm can build and ``--amp-dtype`` a dtype (``amp_dtype``)."""
     check_files(args, file_dests)
     if args.data_dir and not os.path.isdir(args.data_dir) and args.dataset.lower() not in OFFLINE_SOURCES:
         raise SystemExit(f'--data-dir {args.data_dir}: no such directory')
     check_model(args.model)
+    amp_dtype(args.amp_dtype)
 
 
 def parse_args_with_config(

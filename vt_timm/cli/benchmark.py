@@ -18,11 +18,8 @@ gradients and optimizer state plus every tensor autograd saves for the backward 
 workspace not included). Inference memory on CPU is the weights alone.
 """
 import argparse
-import csv
-import json
 import statistics
 import time
-from contextlib import nullcontext
 from typing import Dict, List, Optional, Sequence
 
 import timm
@@ -31,7 +28,9 @@ from timm.optim import create_optimizer_v2
 from timm.utils import ParseKwargs
 
 import vt_timm  # noqa: F401  registers the VT-ResNets
+from vt_timm.cli.args import add_amp_arguments, add_compile_arguments, check_results_file, create_autocast
 from vt_timm.tools.checkpoints import is_model_name
+from vt_timm.tools.files import write_results
 from vt_timm.tools.macs import format_table, profile_model
 
 BENCHES = ('infer', 'train')
@@ -50,10 +49,9 @@ def create_parser() -> argparse.ArgumentParser:
     parser.add_argument('--num-bench-iter', type=int, default=15)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--threads', type=int, default=None, help='CPU threads (torch.set_num_threads)')
-    parser.add_argument('--amp', action='store_true', help='autocast (bfloat16 unless --amp-dtype)')
-    parser.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'))
+    add_amp_arguments(parser)
     parser.add_argument('--channels-last', action='store_true')
-    parser.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor', metavar='BACKEND')
+    add_compile_arguments(parser)
     parser.add_argument('--opt', default='sgd', help='optimizer of the training step')
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
     parser.add_argument('--results-file', default='', help='write results as .csv or .json')
@@ -72,10 +70,10 @@ class Bench:
         self.input = torch.randn(args.batch_size, self.model.in_chans, args.img_size, args.img_size,
                                  device=self.device).contiguous(memory_format=memory_format)
         self.target = torch.randint(0, self.model.num_classes, (args.batch_size,), device=self.device)
-        self.forward = torch.compile(self.model, backend=args.torchcompile) if args.torchcompile else self.model
+        self.forward = torch.compile(self.model, backend=args.torchcompile, mode=args.torchcompile_mode) \
+            if args.torchcompile else self.model
         self.optimizer = create_optimizer_v2(self.model, args.opt, lr=1e-4) if kind == 'train' else None
-        self.autocast = (lambda: torch.autocast(self.device.type, dtype=getattr(torch, args.amp_dtype))) \
-            if args.amp else nullcontext
+        self.autocast = create_autocast(args, self.device.type)
         self.times: List[float] = []
         self.peak_bytes = 0
 
@@ -181,30 +179,18 @@ def benchmark(args: argparse.Namespace) -> List[Dict]:
     return rows
 
 
-def write_results(rows: List[Dict], path: str) -> None:
-    with open(path, 'w') as f:
-        if path.endswith('.json'):
-            json.dump(rows, f, indent=2)
-        else:
-            keys = list(dict.fromkeys(k for row in rows for k in row))
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     args = create_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.results_file and not args.results_file.endswith(('.csv', '.json')):
-        raise SystemExit(f'--results-file {args.results_file}: expected a .csv or .json name')
+    check_results_file(args.results_file)
     rows = benchmark(args)
     keys = list(dict.fromkeys(k for row in rows for k in row))
     print(format_table([keys] + [[str(row.get(k, '')) for k in keys] for row in rows], markdown=True))
     print(f'device {args.device}, threads {torch.get_num_threads()}, torch {torch.__version__}, timm '
           f'{timm.__version__}, amp {args.amp}, channels_last {args.channels_last}, compile {args.torchcompile}')
     if args.results_file:
-        write_results(rows, args.results_file)
+        write_results(args.results_file, rows)
     return rows
 
 

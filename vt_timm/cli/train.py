@@ -24,23 +24,29 @@ from timm.layers import convert_sync_batchnorm
 from timm.models import load_checkpoint
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.task import ClassificationTask, LogitDistillationTask, load_task_ema_checkpoint, resume_task_checkpoint
+from timm.task import (
+    ClassificationTask, LogitDistillationTask, evaluation_sample_limit, load_task_ema_checkpoint,
+    resume_task_checkpoint,
+)
 from timm.utils import (
-    CheckpointSaver, NativeScaler, ParseKwargs, distribute_bn, init_distributed_device, is_primary, random_seed,
-    setup_default_logging, update_summary,
+    CheckpointSaver, NativeScaler, ParseKwargs, distribute_bn, get_outdir, init_distributed_device, is_primary,
+    random_seed, setup_default_logging, update_summary,
 )
 
 import vt_timm  # noqa: F401  registers the VT-ResNets
 from vt_timm.tools.data import create_dataset
+from vt_timm.tools.evaluate import evaluate
 from vt_timm.tools.plot import plot_summary
-from vt_timm.cli.args import check_inputs, parse_args_with_config
+from vt_timm.cli.args import (
+    add_amp_arguments, add_compile_arguments, amp_dtype, check_inputs, create_autocast, create_config_parser,
+    parse_args_with_config,
+)
 
 _logger = logging.getLogger('train')
 
-config_parser = argparse.ArgumentParser(description='Training config', add_help=False)
-config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
-                           help='YAML file whose keys are the dest names of the flags below, or the name of a '
-                                'packaged recipe (e.g. vt_resnet18_advanced, quickstart_fashion_mnist)')
+config_parser = create_config_parser('YAML file whose keys are the dest names of the flags below, or the name of a '
+                                     'packaged recipe (e.g. vt_resnet18_advanced, quickstart_fashion_mnist)')
+
 
 def create_parser() -> argparse.ArgumentParser:
     """The training flags: names, meanings and (mostly) defaults of timm's train.py."""
@@ -80,7 +86,7 @@ def create_parser() -> argparse.ArgumentParser:
     group.add_argument('-vb', '--validation-batch-size', type=int, default=None, metavar='N')
     group.add_argument('--grad-accum-steps', type=int, default=1, metavar='N')
     group.add_argument('--channels-last', action='store_true', default=False)
-    group.add_argument('--torchcompile', nargs='?', type=str, default=None, const='inductor')
+    add_compile_arguments(group)
     group.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
 
     group = parser.add_argument_group('Optimizer')
@@ -134,8 +140,7 @@ def create_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group('Runtime')
     group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str)
-    group.add_argument('--amp', action='store_true', default=False, help='mixed precision (autocast)')
-    group.add_argument('--amp-dtype', default='float16', type=str, help='float16 or bfloat16')
+    add_amp_arguments(group)
     group.add_argument('--seed', type=int, default=42)
     group.add_argument('--log-interval', type=int, default=50, metavar='N', help='updates between progress lines')
     group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N', help='checkpoints to keep')
@@ -256,20 +261,12 @@ def train_one_epoch(
     return {k: v / max(seen, 1) for k, v in zip(sums, loss_sums)}, num_updates
 
 
-@torch.no_grad()
 def validate(model: torch.nn.Module, task, loader, args: argparse.Namespace, device: torch.device,
              autocast) -> Dict[str, float]:
-    """Loss, top-1 and top-5 of ``model`` over ``loader`` (all processes' samples together)."""
-    model.eval()
-    evaluator = task.create_evaluator()
-    for input, target in loader:
-        input, target = input.to(device), target.to(device)
-        if args.channels_last:
-            input = input.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            output = model(input)
-        evaluator.update(output.float(), target)
-    return dict(evaluator.compute(distributed=args.distributed))
+    """Loss, top-1 and top-5 of ``model`` over ``loader`` (all processes' samples together, the distributed
+    sampler's padding left out) with the task's evaluator."""
+    evaluator = task.create_evaluator(max_samples=evaluation_sample_limit(loader))
+    return evaluate(model, loader, device, evaluator, autocast, args.channels_last, args.distributed)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
@@ -310,9 +307,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     task = create_task(model, args, device)
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(args))
 
-    amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if args.amp else nullcontext
-    loss_scaler = NativeScaler(device=device.type) if args.amp and amp_dtype == torch.float16 else None
+    autocast = create_autocast(args, device.type)
+    loss_scaler = NativeScaler(device=device.type) if args.amp and amp_dtype(args.amp_dtype) == torch.float16 else None
 
     start_epoch = 0
     if args.resume:
@@ -323,6 +319,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
         task.setup_ema(decay=args.model_ema_decay, device=device)
         if args.resume:
             load_task_ema_checkpoint(task, args.resume)
+    if args.torchcompile:  # as timm's train.py: the task's train and eval modules, before DDP wraps them
+        task.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
+        task.compile_ema(backend=args.torchcompile, mode=args.torchcompile_mode)
     if args.distributed:
         task.prepare_distributed(device_ids=[args.local_rank] if device.type == 'cuda' else None)
 
@@ -335,10 +334,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     elif start_epoch:
         scheduler.step(start_epoch)
 
-    saver = None
-    output_dir = Path(args.output) / (args.experiment or f'{time.strftime("%Y%m%d-%H%M%S")}-{args.model}')
+    saver = output_dir = None
     if is_primary(args):
-        output_dir.mkdir(parents=True, exist_ok=True)
+        experiment = args.experiment or f'{time.strftime("%Y%m%d-%H%M%S")}-{args.model}'
+        output_dir = Path(get_outdir(args.output, experiment))  # an existing one (a resumed run's) is reused
         (output_dir / 'args.yaml').write_text(args_text)
         saver = CheckpointSaver(
             model=model, optimizer=optimizer, amp_scaler=loss_scaler, checkpoint_dir=str(output_dir),

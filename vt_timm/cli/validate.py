@@ -11,26 +11,26 @@ the ``args.yaml`` of a run and evaluates with its model and data settings (train
 ignored).
 """
 import argparse
-import csv
-import json
 import logging
 from typing import Dict, Optional, Sequence
 
 import torch
 from timm.data import create_loader, resolve_data_config
-from timm.task import ClassificationEvaluator
 from timm.utils import ParseKwargs, setup_default_logging
 
 import vt_timm  # noqa: F401  registers the VT-ResNets
 from vt_timm.tools.data import create_dataset
-from vt_timm.cli.args import check_inputs, parse_args_with_config
+from vt_timm.cli.args import (
+    add_amp_arguments, add_compile_arguments, check_inputs, check_results_file, create_autocast, create_config_parser,
+    parse_args_with_config,
+)
 from vt_timm.tools.checkpoints import create_model_from_checkpoint
+from vt_timm.tools.evaluate import evaluate
+from vt_timm.tools.files import RESULTS_FORMATS, write_results
 
 _logger = logging.getLogger('validate')
 
-config_parser = argparse.ArgumentParser(description='Validation config', add_help=False)
-config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
-                           help='train.py recipe or run args.yaml whose model and data settings to use')
+config_parser = create_config_parser('train.py recipe or run args.yaml whose model and data settings to use')
 # train.py dest names that validate.py (like timm's) spells differently
 TRAIN_TO_VALIDATE_DESTS = {'val_split': 'split', 'val_num_samples': 'num_samples'}
 
@@ -61,13 +61,13 @@ def create_parser() -> argparse.ArgumentParser:
     parser.add_argument('--interpolation', default='', type=str)
     parser.add_argument('-b', '--batch-size', default=256, type=int, metavar='N')
     parser.add_argument('-j', '--workers', default=4, type=int, metavar='N')
-    parser.add_argument('--amp', action='store_true', default=False)
-    parser.add_argument('--amp-dtype', default='bfloat16', type=str)
+    add_amp_arguments(parser)
     parser.add_argument('--channels-last', action='store_true', default=False)
+    add_compile_arguments(parser)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', type=str)
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
     parser.add_argument('--results-file', default='', type=str, metavar='FILE', help='write the results here')
-    parser.add_argument('--results-format', default='csv', type=str, help='csv or json')
+    parser.add_argument('--results-format', default='csv', choices=RESULTS_FORMATS, help='default: csv')
     return parser
 
 
@@ -77,20 +77,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         config_parser, create_parser, argv, strict=False, rename=TRAIN_TO_VALIDATE_DESTS, ignore=('config',))
     return args
 
+
 def check_args(args: argparse.Namespace) -> None:
+    """Fail before any work on inputs that do not exist or a results file that cannot be written."""
     check_inputs(args, ('checkpoint', 'class_map'))
-    if args.results_format not in ('csv', 'json'):
-        raise SystemExit(f'--results-format {args.results_format}: expected csv or json')
-
-
-def write_results(results: Dict, path: str, fmt: str) -> None:
-    with open(path, 'w') as f:
-        if fmt == 'json':
-            json.dump(results, f, indent=2)
-        else:
-            writer = csv.DictWriter(f, fieldnames=list(results))
-            writer.writeheader()
-            writer.writerow(results)
+    check_results_file(args.results_file, args.results_format)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
@@ -106,6 +97,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     data_config = resolve_data_config(vars(args), model=model)
+    if args.torchcompile:
+        model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
 
     dataset = create_dataset(
         args.dataset, args.data_dir, args.split, num_samples=args.num_samples, seed=args.seed, class_map=args.class_map)
@@ -114,17 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
         crop_pct=data_config['crop_pct'], num_workers=args.workers, use_prefetcher=device.type == 'cuda',
         device=device)
-    amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    evaluator = ClassificationEvaluator(device=device)
-    with torch.no_grad():
-        for input, target in loader:
-            input, target = input.to(device), target.to(device)
-            if args.channels_last:
-                input = input.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
-                output = model(input)
-            evaluator.update(output.float(), target)
-    metrics = evaluator.compute()
+    metrics = evaluate(model, loader, device, autocast=create_autocast(args, device.type),
+                       channels_last=args.channels_last)
     results = dict(
         model=args.model, checkpoint=args.checkpoint, use_ema=args.use_ema, samples=len(dataset),
         top1=round(metrics['top1'], 4), top5=round(metrics['top5'], 4), loss=round(metrics['loss'], 6),
@@ -132,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         interpolation=data_config['interpolation'])
     _logger.info(' '.join(f'{k}={v}' for k, v in results.items()))
     if args.results_file:
-        write_results(results, args.results_file, args.results_format)
+        write_results(args.results_file, results, args.results_format)
     return results
 
 
