@@ -38,7 +38,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import CheckpointSaver, ParseKwargs, get_outdir, random_seed, setup_default_logging, update_summary
 
-from vt_timm.cli.args import check_files, check_model, parse_args_with_config
+from vt_timm.cli.args import check_files, check_model, create_config_parser, parse_args_with_config
 from vt_timm.models.vt_fpn import HEADS, create_segmentation_model
 from vt_timm.tools import checkpoints
 from vt_timm.tools.files import write_results
@@ -48,9 +48,8 @@ from vt_timm.tools.segmentation_sets import DATASETS, needs_writing
 
 _logger = logging.getLogger('segment')
 
-config_parser = argparse.ArgumentParser(description='Segmentation config', add_help=False)
-config_parser.add_argument('-c', '--config', default='', type=str, metavar='FILE',
-                           help='YAML file whose keys are the dest names of the flags below (e.g. a run\'s args.yaml)')
+config_parser = create_config_parser(
+    'YAML file whose keys are the dest names of the flags below (e.g. a run\'s args.yaml)')
 
 
 # ----------------------------------------------------------------------------------------------- args

@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ..tools.visualize import TokenAttention, create_vt_model, entropy_table, plot_token_attention, token_attention_maps
-from .args import check_files, parse_args_with_config
+from .args import check_files, create_config_parser, parse_args_with_config
 
 
 def _parse_module(value: str) -> Union[int, str]:
@@ -16,10 +16,8 @@ def _parse_module(value: str) -> Union[int, str]:
         raise argparse.ArgumentTypeError(f'{value!r}: expected a VT module index or all') from None
 
 
-config_parser = argparse.ArgumentParser(add_help=False)
-config_parser.add_argument('-c', '--config', default='', metavar='FILE',
-                           help='a run\'s args.yaml (or train.py recipe): model, num_classes, in_chans, img_size, '
-                                'mean, std, crop_pct, model_kwargs')
+config_parser = create_config_parser('a run\'s args.yaml (or train.py recipe): model, num_classes, in_chans, '
+                                     'img_size, mean, std, crop_pct, model_kwargs')
 
 
 def create_parser() -> argparse.ArgumentParser:
