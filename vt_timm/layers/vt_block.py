@@ -43,11 +43,11 @@ class VTCfg:
     projector: bool = True
 
     def __post_init__(self):
-        for name, least in (('token_chs', 1), ('num_tokens', 2), ('qk_dim', 1), ('num_heads', 1)):
+        for name, least, unit in (('token_chs', 1, 'channels'), ('num_tokens', 2, 'visual tokens'),
+                                  ('qk_dim', 1, 'channels'), ('num_heads', 1, 'heads')):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                what = 'visual tokens' if name == 'num_tokens' else 'channels' if name != 'num_heads' else 'heads'
-                raise ValueError(f'{name}={value!r}: expected an integer of at least {least} ({what})')
+                raise ValueError(f'{name}={value!r}: expected an integer of at least {least} ({unit})')
         for name, kinds in (('first_tokenizer', FIRST_TOKENIZERS), ('tokenizer', LATER_TOKENIZERS),
                             ('relation', RELATIONS)):
             if getattr(self, name) not in kinds:

@@ -61,13 +61,10 @@ def read_state_dict(checkpoint: Union[str, Path], use_ema: bool = False) -> Dict
                   if blocked else f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
         raise ValueError(f'checkpoint {path} cannot be read as weights (torch.load weights_only=True, or '
                          f'safetensors): {reason}') from e
-    keys = list(contents) if isinstance(contents, dict) else []
-    if use_ema:
-        key = next((k for k in EMA_KEYS if isinstance(contents, dict) and contents.get(k) is not None), None)
-        if key is None:
-            raise ValueError(f'checkpoint {path} holds no EMA weights (keys: {sorted(keys)[:8]})')
-    else:
-        key = next((k for k in ('state_dict', 'model') if k in keys), None)
+    wrapped = contents if isinstance(contents, dict) else {}
+    key = next((k for k in (EMA_KEYS if use_ema else ('state_dict', 'model')) if wrapped.get(k) is not None), None)
+    if use_ema and key is None:
+        raise ValueError(f'checkpoint {path} holds no EMA weights (keys: {sorted(wrapped)[:8]})')
     state_dict = contents[key] if key else contents
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(f'checkpoint {path}: expected a state dict of tensors (or a train.py checkpoint)')
