@@ -60,3 +60,30 @@ def one_thread():
 def photos() -> Callable[..., torch.Tensor]:
     """``photos(size, num=2, in_chans=3)`` -> a normalised batch of real photographs."""
     return load_photos
+
+
+TIMM_SCRIPTS = ('train.py', 'validate.py', 'benchmark.py', 'inference.py')
+TIMM_REPO_ENV = 'VT_TIMM_TIMM_REPO'
+DEFAULT_TIMM_REPO = '/work/.mirror/huggingface+pytorch-image-models/repo'
+
+
+@pytest.fixture(scope='session')
+def timm_scripts(tmp_path_factory):
+    """timm's own ``train.py``, ``validate.py``, ``benchmark.py`` and ``inference.py`` (they are not in timm's
+    wheel), at the commit that ``tests/data/timm_script_flags.json`` was read from, copied out of a git clone
+    of huggingface/pytorch-image-models named by ``VT_TIMM_TIMM_REPO`` (a work tree or bare git dir) into a
+    folder of their own, so the installed timm is imported. Tests that need them skip without a clone."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    repo = os.environ.get(TIMM_REPO_ENV, DEFAULT_TIMM_REPO)
+    commit = json.loads((Path(__file__).parent / 'data' / 'timm_script_flags.json').read_text())['commit']
+    if not os.path.isdir(repo):
+        pytest.skip(f'no clone of pytorch-image-models at {repo} (set {TIMM_REPO_ENV})')
+    folder = tmp_path_factory.mktemp('timm_scripts')
+    for name in TIMM_SCRIPTS:
+        text = subprocess.run(['git', '-C', repo, 'show', f'{commit}:{name}'], check=True, capture_output=True,
+                              text=True).stdout
+        (folder / name).write_text(text)
+    return folder

