@@ -83,7 +83,9 @@ def test_validate_reproduces_logged_accuracy(quickstart_run, data_dir, tmp_path)
     (['--data-dir', '{missing}/imagenet'], 'no such directory'),
     (['--model', 'no_such_model'], 'unknown model'),
     (['--resume', '{missing}/last.pth.tar'], 'no such file'),
-    (['--mixup', '0.2'], 'not supported'),
+    (['--naflex-loader'], 'NaFlex'),
+    (['--sync-bn', '--device', 'cpu'], 'needs CUDA'),
+    (['--jsd-loss'], 'needs --aug-splits'),
 ])
 def test_train_bad_input(argv, message, tmp_path):
     missing = tmp_path / 'missing'
@@ -313,7 +315,7 @@ def test_distillation_from_real_teacher_lowers_kd_loss(imagenet_samples, tmp_pat
     train.main([
         '--model', 'vt_resnet18', '--data-dir', str(root), '--class-map', str(class_map), '--num-classes', '1000',
         '--img-size', '128', '--kd-model-name', 'tf_efficientnet_lite0', '--kd-checkpoint', str(teacher_file),
-        '--distill-loss-weight', '0.8', '--task-loss-weight', '0.2', '--epochs', '8', '-b', '10', '--lr', '0.05',
+        '--distill-loss-weight', '0.8', '--task-loss-weight', '0.2', '--kd-temperature', '1', '--epochs', '8', '-b', '10', '--lr', '0.05',
         '--warmup-epochs', '0', '--smoothing', '0', '--workers', '0', '--log-interval', '2',
         '--output', str(tmp_path), '--experiment', 'kd'])
     kd_losses = [float(re.search(r'kd_loss ([\d.]+)', r.getMessage()).group(1))

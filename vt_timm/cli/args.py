@@ -100,6 +100,15 @@ def check_inputs(args: argparse.Namespace, file_dests: Sequence[str]) -> None:
     amp_dtype(args.amp_dtype)
 
 
+def check_mean_std(data_config: Dict, no_prefetcher: bool, model: str) -> None:
+    """Without timm's prefetcher (``--no-prefetcher``) the loader normalises, and it needs one mean and std per
+    input channel: the prefetcher alone adapts a model's 3-channel statistics to other channel counts."""
+    channels = data_config['input_size'][0]
+    if no_prefetcher and not len(data_config['mean']) == len(data_config['std']) == channels:
+        raise SystemExit(f'--no-prefetcher: the mean/std of {model} have {len(data_config["mean"])} values for '
+                         f'{channels} input channels (only the prefetcher adapts them): pass --mean and --std')
+
+
 def parse_args_with_config(
         config_parser: argparse.ArgumentParser,
         create_parser: Callable[[], argparse.ArgumentParser],

