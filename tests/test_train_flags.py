@@ -150,3 +150,28 @@ def test_split_bn_splits_the_convolutional_batchnorms():
     aux = {id(a) for m in splits for a in m.aux_bn}
     assert splits and all(isinstance(m, SplitBatchNorm2d) or id(m) in aux
                           for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_sync_bn_across_cpu_processes_is_refused():
+    args, _ = train.parse_args(['--sync-bn'])
+    args.distributed = True
+    with pytest.raises(SystemExit, match='--sync-bn on cpu: .*needs CUDA'):
+        train.check_sync_bn(args, torch.device('cpu'))
+    args.distributed = False
+    train.check_sync_bn(args, torch.device('cpu'))  # one process: nothing to synchronise
+
+
+@pytest.mark.slow
+def test_grey_folder_under_torchrun(folders, tmp_path):
+    """The grey-folder case of the issue under ``torchrun --nproc_per_node=2`` (gloo, CPU)."""
+    import subprocess
+    import sys
+    result = subprocess.run([
+        sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+        str(Path(__file__).parents[1] / 'train.py'), '--data-dir', str(folders[1]), '--model', 'vt_resnet18',
+        '--num-classes', str(CLASSES), '--in-chans', '1', '--input-size', '1', '64', '64', '-b', '4', '--epochs', '1',
+        '--workers', '0', '--output', str(tmp_path), '--experiment', 'ddp'], capture_output=True, text=True,
+        timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / 'ddp' / 'last.pth.tar', map_location='cpu', weights_only=False)['state_dict']
+    assert state['conv1.weight'].shape[1] == 1

@@ -331,9 +331,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f'--lr-base-scale {args.lr_base_scale}: expected linear or sqrt (or empty)')
     if args.variable_batch_loss_scale != 'none' and args.train_img_sizes is None:
         raise SystemExit('--variable-batch-loss-scale needs --train-img-sizes (scheduled batch sizes)')
-    if args.sync_bn and not args.device.startswith('cuda'):
-        raise SystemExit(f'--sync-bn on {args.device}: PyTorch\'s SyncBatchNorm needs CUDA (on the CPU, '
-                         '--dist-bn reduce averages the running statistics every epoch)')
     if args.log_wandb and find_spec('wandb') is None:
         raise SystemExit('--log-wandb: the wandb package is not installed (pip install wandb)')
     if args.wandb_resume_id and not args.resume:
@@ -341,6 +338,14 @@ def check_args(args: argparse.Namespace) -> None:
     if args.kd_checkpoint and not args.kd_model_name:
         raise SystemExit('--kd-checkpoint needs --kd-model-name (the teacher architecture)')
     check_inputs(args, ('resume', 'initial_checkpoint', 'pretrained_path', 'kd_checkpoint', 'class_map'))
+
+
+def check_sync_bn(args: argparse.Namespace, device: torch.device) -> None:
+    """``--sync-bn`` synchronises BatchNorm across processes (one process: nothing to do, as in timm); PyTorch's
+    SyncBatchNorm does so on CUDA only."""
+    if args.sync_bn and args.distributed and device.type != 'cuda':
+        raise SystemExit(f'--sync-bn on {device.type}: PyTorch\'s SyncBatchNorm needs CUDA (on the CPU, '
+                         '--dist-bn reduce averages the running statistics every epoch)')
 
 
 def mixup_active(args: argparse.Namespace) -> bool:
@@ -582,6 +587,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
         importlib.import_module(module)
     check_args(args)
     device = init_distributed_device(args)
+    check_sync_bn(args, device)
     random_seed(args.seed, args.rank)
     dtype = MODEL_DTYPES.get(args.model_dtype)
     if args.fuser:
