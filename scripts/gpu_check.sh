@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-gpu}
 mkdir -p "$out"
 python -m pytest -q tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
-models="vt_resnet18 vt_resnet34 vt_resnet50 vt_resnet101"
+models="vt_resnet18,vt_resnet34,vt_resnet50,vt_resnet101"
 python benchmark.py --compare --model-list $models --device cuda --amp --channels-last -b 256 \
     --results-file "$out/gpu_eager.csv" | tee "$out/gpu_eager.md"
 python benchmark.py --compare --model-list $models --device cuda --amp --channels-last -b 256 --torchcompile \

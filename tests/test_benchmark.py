@@ -12,7 +12,7 @@ FAST = ['-b', '2', '--img-size', '64', '--num-warm-iter', '1', '--num-bench-iter
 def test_compare_rows_and_ratios(tmp_path):
     results = tmp_path / 'r.json'
     rows = benchmark.main(['--compare', '--model-list', 'vt_resnet18', '--bench', 'both', *FAST,
-                           '--results-file', str(results)])
+                           '--results-file', str(results), '--results-format', 'json'])
     assert json.loads(results.read_text()) == rows
     by_key = {(r['model'], r['bench']): r for r in rows}
     for bench in ('infer', 'train'):
@@ -24,10 +24,18 @@ def test_compare_rows_and_ratios(tmp_path):
     assert by_key['vt_resnet18', 'train']['mparams'] == 11.70
 
 
+def test_compare_times_the_resnet_at_the_vt_resnets_input_size():
+    """Without --img-size each model's cfg decides; timm's resnet18 is tested at 288 px, vt_resnet18 at 224."""
+    rows = benchmark.main(['--compare', '--model', 'vt_resnet18', '--bench', 'infer', '-b', '1', '--num-warm-iter', '0',
+                           '--num-bench-iter', '1', '--threads', '1'])
+    assert [(r['model'], r.get('img_size')) for r in rows] == [
+        ('vt_resnet18', 224), ('resnet18', 224), ('vt_resnet18 / resnet18', None)]
+
+
 def test_cpu_training_memory_is_counted_exactly():
     """Weights + grads + SGD momentum + the tensors autograd saves: checked on a model small enough to
     count by hand (a 3x3 conv then a linear head)."""
-    args = benchmark.create_parser().parse_args(['--model', 'resnet18', *FAST, '--opt', 'momentum'])
+    args = benchmark.parse_args(['--model', 'resnet18', *FAST, '--opt', 'momentum', '--smoothing', '0'])
     bench = benchmark.Bench('resnet18', 'train', args)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.Flatten(), torch.nn.Linear(4 * 62 * 62, 10))
     bench.model = bench.forward = model
@@ -44,7 +52,8 @@ def test_cpu_training_memory_is_counted_exactly():
 @pytest.mark.parametrize('argv, message', [
     (['--model', 'no_such_model'], 'unknown models'),
     (['--compare', '--model', 'resnet18'], 'pairs vt_resnetN with resnetN'),
-    (['--results-file', 'r.txt'], '--results-file: r.txt: results are written as csv or json'),
+    (['--results-file', 'r.txt', '--results-format', 'xml'], '2'),  # argparse: invalid choice
+    (['--model-list', 'missing.txt'], '--model-list missing.txt: no such file'),
     (['--amp-dtype', 'bf16'], '2'),  # argparse: invalid choice
 ])
 def test_bad_input(argv, message):
@@ -57,11 +66,11 @@ def test_torchcompile_compiles_the_timed_model(monkeypatch):
     timm's float16 unless given."""
     calls = []
     monkeypatch.setattr(torch, 'compile', lambda model, **kwargs: calls.append(kwargs) or model)
-    args = benchmark.create_parser().parse_args(['--torchcompile', 'eager', '--torchcompile-mode', 'max-autotune'])
+    args = benchmark.parse_args(['--torchcompile', 'eager', '--torchcompile-mode', 'max-autotune', '-b', '1'])
     assert args.amp_dtype == 'float16'
     benchmark.Bench('resnet18', 'infer', args)
     assert calls == [{'backend': 'eager', 'mode': 'max-autotune'}]
-    assert benchmark.create_parser().parse_args(['--torchcompile']).torchcompile == 'inductor'
+    assert benchmark.parse_args(['--torchcompile']).torchcompile == 'inductor'
 
 
 def test_vt_stage_table_parts_add_up():

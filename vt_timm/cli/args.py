@@ -14,6 +14,8 @@ from ..tools.data import OFFLINE_SOURCES
 from ..tools.files import results_format
 
 AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16}
+MODEL_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}  # --model-dtype
+FUSERS = ('', 'te', 'old', 'legacy', 'nvfuser', 'nvf')  # what timm.utils.set_jit_fuser takes
 
 
 def add_amp_arguments(parser: argparse.ArgumentParser) -> None:  # or an argument group
@@ -35,6 +37,25 @@ def create_autocast(args: argparse.Namespace, device_type: str) -> Callable[[], 
     if not args.amp:
         return nullcontext
     return partial(torch.autocast, device_type, dtype=amp_dtype(args.amp_dtype))
+
+
+def check_model_dtype(args: argparse.Namespace) -> Optional[torch.dtype]:
+    """The dtype ``--model-dtype`` names (None when unset), which AMP cannot take but float32."""
+    if args.model_dtype is not None and args.model_dtype not in MODEL_DTYPES:
+        raise SystemExit(f'--model-dtype {args.model_dtype}: expected one of {", ".join(MODEL_DTYPES)}')
+    if args.amp and args.model_dtype not in (None, 'float32'):
+        raise SystemExit(f'--model-dtype {args.model_dtype} with --amp: AMP needs a float32 model')
+    return MODEL_DTYPES.get(args.model_dtype)
+
+
+def check_compilers(args: argparse.Namespace) -> None:
+    """At most one of ``--torchscript``, ``--torchcompile``, ``--aot-autograd``; ``--fuser`` one timm knows."""
+    compilers = [flag for flag, on in (('--torchscript', args.torchscript), ('--torchcompile', args.torchcompile),
+                                       ('--aot-autograd', getattr(args, 'aot_autograd', False))) if on]
+    if len(compilers) > 1:
+        raise SystemExit(f'{" and ".join(compilers)}: choose one')
+    if args.fuser not in FUSERS:
+        raise SystemExit(f'--fuser {args.fuser}: expected one of {FUSERS}')
 
 
 def add_compile_arguments(parser: argparse.ArgumentParser) -> None:  # or an argument group

@@ -40,8 +40,8 @@ from vt_timm.tools.data import create_dataset, input_img_mode
 from vt_timm.tools.evaluate import evaluate
 from vt_timm.tools.plot import plot_summary
 from vt_timm.cli.args import (
-    add_amp_arguments, add_unsupported_argument, amp_dtype, check_inputs, check_mean_std, create_autocast, create_config_parser,
-    parse_args_with_config,
+    add_amp_arguments, add_unsupported_argument, amp_dtype, check_compilers, check_inputs, check_mean_std,
+    check_model_dtype, create_autocast, create_config_parser, parse_args_with_config,
 )
 
 _logger = logging.getLogger('train')
@@ -303,19 +303,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     return args, yaml.safe_dump(vars(args), default_flow_style=False)
 
 
-MODEL_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Fail before any work on flag combinations timm's train.py refuses or inputs that do not exist."""
     if args.data and not args.data_dir:
         args.data_dir = args.data  # timm's deprecated positional DIR
-    if args.model_dtype is not None and args.model_dtype not in MODEL_DTYPES:
-        raise SystemExit(f'--model-dtype {args.model_dtype}: expected one of {", ".join(MODEL_DTYPES)}')
-    if args.amp and args.model_dtype not in (None, 'float32'):
-        raise SystemExit(f'--model-dtype {args.model_dtype} with --amp: AMP needs a float32 model')
-    if args.torchscript and args.torchcompile:
-        raise SystemExit('--torchscript and --torchcompile: choose one')
+    check_model_dtype(args)
+    check_compilers(args)
     if args.aug_splits == 1 or args.aug_splits < 0:
         raise SystemExit(f'--aug-splits {args.aug_splits}: 0 (off) or at least 2')
     if args.split_bn and args.aug_splits < 2 and not args.resplit:
@@ -589,7 +582,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     device = init_distributed_device(args)
     check_sync_bn(args, device)
     random_seed(args.seed, args.rank)
-    dtype = MODEL_DTYPES.get(args.model_dtype)
+    dtype = check_model_dtype(args)
     if args.fuser:
         set_jit_fuser(args.fuser)
     if args.fast_norm:
