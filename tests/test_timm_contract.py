@@ -122,7 +122,8 @@ def residual_unit_drop_rates(model: nn.Module) -> List[float]:
 
 def test_registry_lists_all_models():
     assert sorted(timm.list_models('vt_*')) == sorted(MODEL_NAMES)
-    assert {name.split('.')[0] for name in timm.list_models('vt_*', pretrained=True)} == set(MODEL_NAMES)
+    assert timm.list_models('vt_*', pretrained=True) == []  # no weights are published yet (tests/test_registry.py)
+    assert sorted(timm.list_models('vt_*', include_tags=True)) == sorted(f'{name}.untrained' for name in MODEL_NAMES)
     assert isinstance(vt_timm.__version__, str) and re.fullmatch(r'\d+\.\d+\.\d+\S*', vt_timm.__version__)
 
 
@@ -133,7 +134,7 @@ def test_pretrained_cfg(model_name):
     assert tuple(cfg.mean) == IMAGENET_DEFAULT_MEAN and tuple(cfg.std) == IMAGENET_DEFAULT_STD
     assert 0. < cfg.crop_pct <= 1.
     assert cfg.interpolation in ('bilinear', 'bicubic')
-    assert cfg.hf_hub_id == f'vt-timm/{model_name}.{cfg.tag}' and cfg.tag
+    assert cfg.hf_hub_id is None and cfg.tag == 'untrained' and not cfg.has_weights  # timm's tag for no weights
     assert isinstance(cfg.license, str) and cfg.license
     assert cfg.paper_ids == 'arXiv:2006.03677'
     assert cfg.first_conv == 'conv1' and cfg.classifier == 'fc'
@@ -585,8 +586,8 @@ def test_bad_input_raises_clear_error(model_name, photos, case, match, entry):
 
 
 def test_pretrained_without_published_weights_raises(model_name):
-    """Offline (conftest) and not cached: an error naming the tag, its Hub repo and the remedies."""
-    with pytest.raises(RuntimeError, match=f'{model_name}.in1k: no weights could be fetched from hf-hub:') as error:
+    """No weights source in the cfg: an error naming the tag and the remedies (timm itself only warns)."""
+    with pytest.raises(RuntimeError, match=f'{model_name}.untrained: no pretrained weights are published') as error:
         timm.create_model(model_name, pretrained=True)
     assert 'pretrained_cfg_overlay' in str(error.value) and 'local-dir:' in str(error.value)
 

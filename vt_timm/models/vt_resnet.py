@@ -7,7 +7,8 @@ The stem and layer1-3 are timm's own ResNet (same module names, so timm ResNet w
 them); ResNet's stride-32 layer4 is replaced by VT modules working on the stride-16 map, and the
 classifier average-pools the output tokens. ``forward_features`` therefore returns tokens
 (N, L, C_T), like timm's ViT/LeViT, while ``feature_info``/``features_only`` expose the four NCHW
-maps up to stride 16. Design choices: docs/architecture.md.
+maps up to stride 16 (``output_stride=8`` dilates layer3 as timm's ResNet does, so the VT stage runs
+on the stride-8 map). Design choices: docs/architecture.md.
 """
 import math
 import pickle
@@ -29,6 +30,41 @@ from ..layers import VTCfg, VTStage, init_conv_weights, init_vt_weights
 __all__ = ['VTResNet']
 
 POOL_TYPES = ('', 'avg', 'max', 'avgmax')  # timm's global_pool_nlc over the tokens
+OUTPUT_STRIDES = (16, 8)  # native, and layer3 dilated; there is no stride-32 stage
+NUM_FEATURE_LEVELS = 4  # stem, layer1, layer2, layer3
+DEFAULT_OUT_INDICES = (0, 1, 2, 3)
+
+
+def check_output_stride(output_stride: int) -> None:
+    """VT-ResNet's deepest map is layer3's (stride 16, or 8 dilated): a ValueError for any other stride."""
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(
+            f'output_stride={output_stride!r}: VT-ResNet has no stride-32 stage (the VT stage replaces ResNet\'s '
+            f'layer4 and works on the stride-16 map), so output_stride must be 16 (native) or 8 (layer3 dilated)')
+
+
+def feature_reductions(output_stride: int = 16) -> List[int]:
+    """Strides of the stem and layer1-3 maps: [2, 4, 8, 16], or [2, 4, 8, 8] with layer3 dilated."""
+    return [2, 4, 8, min(16, output_stride)]
+
+
+def check_out_indices(variant: str, out_indices: Union[int, Tuple[int, ...]], output_stride: int = 16) -> None:
+    """``features_only`` levels a VT-ResNet has (as timm reads ``out_indices``: an int n is the last n levels,
+    negative indices count from the end), else a ValueError naming them, before timm (or
+    segmentation_models_pytorch, which asks for ``out_indices=range(encoder_depth)``) fails on an index."""
+    num = NUM_FEATURE_LEVELS
+    if isinstance(out_indices, int):
+        valid = 0 < out_indices <= num
+    else:
+        valid = len(out_indices) > 0 and all(isinstance(i, int) and -num <= i < num for i in out_indices)
+    if not valid:
+        strides = ', '.join(str(r) for r in feature_reductions(output_stride)[1:])
+        raise ValueError(
+            f'{variant}: out_indices={out_indices!r} asks for a feature level it does not have. VT-ResNet has '
+            f'{num} levels: 0 the stem (stride 2), 1-3 layer1-3 (strides {strides}); there is no stride-32 level '
+            f'(its layer4 is the VT stage, whose output is tokens, not a map). Use out_indices in 0..{num - 1} '
+            f'(or -{num}..-1, or an int 1..{num} for the last n); from segmentation_models_pytorch '
+            f'(tu-{variant}), encoder_depth <= {num}.')
 
 
 def feature_levels(num_levels: int, indices: Optional[Union[int, List[int]]] = None) -> Tuple[List[int], int]:
@@ -58,7 +94,8 @@ class VTResNet(nn.Module):
     """VT-ResNet (Wu et al., Table 11).
 
     Stem (conv7x7-s2, maxpool) and layer1-3 are timm ResNet stages; the VT stage runs on the
-    stride-16 map; the head pools the L output tokens, applies dropout and a linear classifier.
+    stride-16 map (stride 8 with ``output_stride=8``); the head pools the L output tokens, applies
+    dropout and a linear classifier.
     """
 
     def __init__(
@@ -78,8 +115,10 @@ class VTResNet(nn.Module):
             tokenizer: str = 'recurrent',
             relation: str = 'transformer',
             projector: bool = True,
+            output_stride: int = 16,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            drop_block_rate: Optional[float] = None,
             zero_init_last: bool = True,
             device=None,
             dtype=None,
@@ -103,9 +142,13 @@ class VTResNet(nn.Module):
             relation: token relation: 'transformer' (paper), 'graphconv' or 'none' (Table 5).
             projector: False removes every projector (Table 7); each module then tokenizes the same
                 map and the last module's tokens still feed the head (needs tokenizer='recurrent').
+            output_stride: stride of the map the VT stage works on: 16 (native) or 8 (layer3 with
+                stride 1 and dilation 2, as timm's ResNet does for output_stride=8); there is no 32.
             drop_rate: dropout before the classifier.
             drop_path_rate: stochastic depth, linearly increasing over all residual blocks,
                 ResNet blocks and VT modules alike.
+            drop_block_rate: DropBlock in the blocks of layer3 (the stride-16 stage, the last ResNet one),
+                as timm's ResNet puts it in its layer3 (block size 5, gamma scale 0.25); None or 0: none.
             zero_init_last: zero-init the last BN of every residual branch.
         """
         super().__init__()
@@ -114,10 +157,12 @@ class VTResNet(nn.Module):
             raise ValueError(f'layers must give the block counts of layer1-3, got {layers}')
         if global_pool not in POOL_TYPES:
             raise ValueError(f'global_pool must be one of {POOL_TYPES}, got {global_pool!r}')
+        check_output_stride(output_stride)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
         self.drop_rate = drop_rate
+        self.output_stride = output_stride
         self.grad_checkpointing = False
 
         self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False, **dd)
@@ -135,6 +180,8 @@ class VTResNet(nn.Module):
             (64, 128, 256),
             layers,
             inplanes=64,
+            output_stride=output_stride,
+            drop_block_rate=drop_block_rate or 0.,
             drop_path_rate=block_dprs[sum(layers) - 1],
             **dd,
         )
@@ -212,12 +259,13 @@ class VTResNet(nn.Module):
             f'expected {self.in_chans} input channels (N, {self.in_chans}, H, W), got shape {x.shape}',
         )
         if self.num_tokens:
-            # the stride-16 map has ceil(H/16) x ceil(W/16) pixels; each token needs at least one
-            map_pixels = ((x.shape[2] + 15) // 16) * ((x.shape[3] + 15) // 16)
-            min_side = 16 * math.ceil(math.sqrt(self.num_tokens))
+            # the VT stage's stride-s map has ceil(H/s) x ceil(W/s) pixels; each token needs at least one
+            stride = self.output_stride
+            map_pixels = ((x.shape[2] + stride - 1) // stride) * ((x.shape[3] + stride - 1) // stride)
+            min_side = stride * math.ceil(math.sqrt(self.num_tokens))
             _assert(
                 map_pixels >= self.num_tokens,
-                f'input {x.shape[2]}x{x.shape[3]} is too small: its stride-16 map has {map_pixels} pixels, '
+                f'input {x.shape[2]}x{x.shape[3]} is too small: its stride-{stride} map has {map_pixels} pixels, '
                 f'fewer than the {self.num_tokens} visual tokens; use at least {min_side}x{min_side} px',
             )
 
@@ -316,11 +364,17 @@ class VTResNet(nn.Module):
 
 def _create_vt_resnet(variant: str, pretrained: bool = False, **kwargs) -> VTResNet:
     """Build through timm (pretrained cfg, features_only, in_chans adaptation, head reset)."""
+    output_stride = kwargs.get('output_stride', 16)
+    check_output_stride(output_stride)
+    if kwargs.get('features_only'):
+        check_out_indices(variant, kwargs.get('out_indices', DEFAULT_OUT_INDICES), output_stride)
+    if pretrained:
+        _check_weights_source(variant, kwargs)
     try:
         # no_rewrite=False: the hook extractor keeps only the modules up to layer3, not the VT stage and head
         # that its features never reach (parameters that would get no gradient)
         return build_model_with_cfg(
-            VTResNet, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3), no_rewrite=False),
+            VTResNet, variant, pretrained, feature_cfg=dict(out_indices=DEFAULT_OUT_INDICES, no_rewrite=False),
             pretrained_filter_fn=_check_pretrained_keys, **kwargs)
     except WEIGHT_LOAD_ERRORS as e:
         if not pretrained:
@@ -342,6 +396,21 @@ def _check_pretrained_keys(state_dict: Dict[str, torch.Tensor], model: VTResNet)
 # what timm's pretrained loading raises for a missing, unreadable or mismatched weights source
 WEIGHT_LOAD_ERRORS = (OSError, EOFError, RuntimeError, KeyError, pickle.UnpicklingError, SafetensorError,
                       EntryNotFoundError)
+
+
+def _check_weights_source(variant: str, kwargs: Dict[str, Any]) -> None:
+    """``pretrained=True`` needs a weights source (``hf_hub_id``, ``url``, ``file`` or ``state_dict``) in the
+    resolved pretrained cfg; timm only logs a warning for a cfg without one, so fail here, saying so."""
+    cfg = resolve_pretrained_cfg(
+        variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    if cfg.has_weights or cfg.state_dict is not None:
+        return
+    name = f'{variant}.{cfg.tag}' if cfg.tag else variant
+    raise RuntimeError(
+        f'{name}: no pretrained weights are published for this model (its pretrained cfg has no hf_hub_id, url or '
+        f'file; timm.list_models(pretrained=True) lists only tags with weights; see the README\'s weights table). '
+        f'Load your own with pretrained_cfg_overlay=dict(file=\'/path/to/model.safetensors\') or '
+        f'\'local-dir:/path\', or use pretrained=False.')
 
 
 def _weights_error(variant: str, kwargs: Dict[str, Any], error: Exception) -> str:
@@ -375,10 +444,14 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     }
 
 
-HF_HUB_ORG = 'vt-timm'
+HF_HUB_ORG = 'vt-timm'  # where published tags go: _cfg(hf_hub_id=f'{HF_HUB_ORG}/<arch>.<tag>')
 
+# No weights are published yet: each architecture has one cfg without a weights source, under timm's tag for
+# that ('untrained'), holding the preprocessing and adaptation fields, so timm.list_models(pretrained=True)
+# lists none of them and pretrained=True raises. Publishing a tag is one entry here (timm makes the first tag
+# with weights the default), e.g. 'vt_resnet18.in1k': _cfg(hf_hub_id=f'{HF_HUB_ORG}/vt_resnet18.in1k').
 default_cfgs = generate_default_cfgs({
-    f'{arch}.in1k': _cfg(hf_hub_id=f'{HF_HUB_ORG}/{arch}.in1k')
+    f'{arch}.untrained': _cfg()
     for arch in ('vt_resnet18', 'vt_resnet34', 'vt_resnet50', 'vt_resnet101')
 })
 
