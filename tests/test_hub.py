@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -21,17 +22,21 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+import torchvision
 import yaml
 
 from vt_timm.cli import train
 from vt_timm.cli import validate
 from vt_timm.cli import hub
+from vt_timm.models import vt_resnet
 from vt_timm.tools import hub as hub_tools
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / 'vt_timm' / 'configs' / 'quickstart_fashion_mnist.yaml')
 FMNIST_REPO = 'vt-timm-test/vt_resnet18.fmnist'
-IN1K_REPO = timm.models.get_pretrained_cfg('vt_resnet18').hf_hub_id  # the registered tag's repo
+# where a published tag's weights go (what a default_cfgs entry _cfg(hf_hub_id=...) points timm at)
+IN1K_REPO = f'{vt_resnet.HF_HUB_ORG}/vt_resnet18.in1k'
+PUBLISHED = 'vt_resnet18 (hf_hub_id)'
 COMMIT = 'a' * 40
 
 
@@ -81,6 +86,9 @@ def test_export_writes_a_complete_hub_folder(exported, trained_run):
     assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
     config = json.loads((out / 'config.json').read_text())
     assert (config['architecture'], config['num_classes']) == ('vt_resnet18', 10)
+    # transformers' TimmWrapper passes num_classes itself: model_args must not repeat it (TypeError otherwise)
+    assert config['model_args'] == {'in_chans': 1, 'global_pool': 'avg'}
+    assert config['label_names'] == torchvision.datasets.FashionMNIST.classes  # from the run's dataset
     cfg = config['pretrained_cfg']
     assert (cfg['tag'], cfg['input_size'], cfg['mean'], cfg['std']) == ('fmnist', [1, 64, 64], [0.286], [0.353])
     checkpoint = torch.load(trained_run / 'last.pth.tar', weights_only=True)
@@ -93,6 +101,8 @@ def test_export_writes_a_complete_hub_folder(exported, trained_run):
     for expected in (f'| {results["top1"]:.2f} |', 'Params (M): 10.68', 'arxiv.org/abs/2006.03677', '@inproceedings',
                      'license: apache-2.0', f"hf-hub:{FMNIST_REPO}", 'EMA weights', 'torch/fashion_mnist'):
         assert expected in card, expected
+    blocks = re.findall(r'```python\n(.*?)```', card, flags=re.S)
+    assert len(blocks) == 2 and all(block.startswith('import vt_timm') for block in blocks)
     assert not list(out.parent.glob('.export.*')), 'staging folder left behind'
 
 
@@ -100,6 +110,7 @@ def test_local_dir_route_is_bit_identical(exported, photos):
     out, model = exported
     loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
     assert (loaded.num_classes, loaded.in_chans) == (10, 1)
+    assert loaded.pretrained_cfg['label_names'] == torchvision.datasets.FashionMNIST.classes
     assert torch.equal(_outputs(loaded, photos, 1), _outputs(model, photos, 1))
 
 
@@ -163,28 +174,32 @@ LOAD_SCRIPT = """
 import sys, torch, timm, vt_timm
 torch.set_num_threads(int(sys.argv[2]))
 inputs = torch.load(sys.argv[1] + '/inputs.pt', weights_only=True)
+# a published tag is the architecture with an hf_hub_id in its pretrained cfg
+routes = {sys.argv[3]: dict(model_name='vt_resnet18', pretrained_cfg_overlay=dict(hf_hub_id=sys.argv[4]))}
 with torch.no_grad():
-    outputs = {name: timm.create_model(name, pretrained=True).eval()(inputs[name]) for name in inputs}
+    outputs = {name: timm.create_model(pretrained=True, **routes.get(name, dict(model_name=name))).eval()(inputs[name])
+               for name in inputs}
 torch.save(outputs, sys.argv[1] + '/outputs.pt')
 """
 
 
 def _load_in_subprocess(work: Path, env: Dict[str, str]) -> Dict[str, torch.Tensor]:
-    result = subprocess.run([sys.executable, '-c', LOAD_SCRIPT, str(work), str(torch.get_num_threads())],
+    result = subprocess.run([sys.executable, '-c', LOAD_SCRIPT, str(work), str(torch.get_num_threads()), PUBLISHED,
+                             IN1K_REPO],
                             env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return torch.load(work / 'outputs.pt', weights_only=True)
 
 
 def test_hub_routes_download_once_then_load_offline(exported, rgb_exported, photos, tmp_path):
-    """'hf-hub:org/name' and the registered tag 'vt_resnet18.in1k' download into the cache, then load
-    from it with HF_HUB_OFFLINE=1, bit-identical to the exported models."""
+    """'hf-hub:org/name' and a published tag (vt_resnet18 whose pretrained cfg has an hf_hub_id) download
+    into the cache, then load from it with HF_HUB_OFFLINE=1, bit-identical to the exported models."""
     (out, model), (rgb_out, rgb_model) = exported, rgb_exported
-    inputs = {f'hf-hub:{FMNIST_REPO}': photos((64, 64), num=4, in_chans=1), 'vt_resnet18.in1k': photos((224, 224))}
+    inputs = {f'hf-hub:{FMNIST_REPO}': photos((64, 64), num=4, in_chans=1), PUBLISHED: photos((224, 224))}
     torch.save(inputs, tmp_path / 'inputs.pt')
     with torch.no_grad():
         expected = {f'hf-hub:{FMNIST_REPO}': model(inputs[f'hf-hub:{FMNIST_REPO}']),
-                    'vt_resnet18.in1k': rgb_model(inputs['vt_resnet18.in1k'])}
+                    PUBLISHED: rgb_model(inputs[PUBLISHED])}
     cache = tmp_path / 'hf-cache'
     server = ThreadingHTTPServer(('127.0.0.1', 0), _HubFiles)
     server.repos, server.requests = {FMNIST_REPO: out, IN1K_REPO: rgb_out}, []
@@ -204,9 +219,11 @@ def test_hub_routes_download_once_then_load_offline(exported, rgb_exported, phot
     assert (cache / f'models--{FMNIST_REPO.replace("/", "--")}' / 'snapshots' / COMMIT / 'model.safetensors').is_file()
 
 
-def test_unpublished_tag_fails_clearly_offline():
-    with pytest.raises(RuntimeError, match='vt_resnet34.in1k: no weights could be fetched from hf-hub:'):
-        timm.create_model('vt_resnet34', pretrained=True)
+def test_hub_weights_not_in_the_cache_fail_clearly_offline():
+    """A published tag's weights that are not cached fail offline naming the tag and the Hub repo."""
+    repo = f'{vt_resnet.HF_HUB_ORG}/vt_resnet34.in1k'
+    with pytest.raises(RuntimeError, match=rf'vt_resnet34\.\w+: no weights could be fetched from hf-hub:{repo}'):
+        timm.create_model('vt_resnet34', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=repo))
 
 
 def _corrupt_copies(source: Path, root: Path) -> Dict[str, Path]:

@@ -1,7 +1,7 @@
 """Command line of vt_timm.tools.hub: a train.py run folder to a Hugging Face Hub folder, and its upload.
 
     vt-hub export output/run/model_best.pth.tar --out hub/vt_resnet18.fmnist --tag fmnist \
-        [--use-ema] [--results output/run/validate.json]
+        [--use-ema] [--results output/run/validate.json] [--label-names classes.txt]
     vt-hub push hub/vt_resnet18.fmnist --repo-id you/vt_resnet18.fmnist [--dry-run]
 """
 import argparse
@@ -22,6 +22,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     export_parser.add_argument('--use-ema', action='store_true', help='export the EMA weights')
     export_parser.add_argument('--args', type=Path, default=None, help='the run\'s args.yaml (default: next to it)')
     export_parser.add_argument('--results', type=Path, default=None, help='validate.py --results-format json file')
+    export_parser.add_argument('--label-names', type=Path, default=None, metavar='FILE',
+                               help='class names, one a line in class-index order (default: from the run\'s dataset)')
     push_parser = commands.add_parser('push', help='upload an exported folder')
     push_parser.add_argument('folder', type=Path)
     push_parser.add_argument('--repo-id', required=True, help='owner/name on the Hub')
@@ -29,7 +31,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     push_parser.add_argument('--dry-run', action='store_true', help='check and list, upload nothing')
     args = parser.parse_args(argv)
     if args.command == 'export':
-        out = export(args.checkpoint, args.out, args.tag, args.repo_id, args.use_ema, args.args, args.results)
+        out = export(args.checkpoint, args.out, args.tag, args.repo_id, args.use_ema, args.args, args.results,
+                     args.label_names)
         print(f'wrote {out}: ' + ', '.join(p.name for p in check_folder(out)))
     else:
         print(push(args.folder, args.repo_id, args.dry_run, args.private))

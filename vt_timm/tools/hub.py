@@ -4,18 +4,32 @@
         [--use-ema] [--results output/run/validate.json]
     vt-hub push hub/vt_resnet18.fmnist --repo-id you/vt_resnet18.fmnist [--dry-run]
 
-``export`` reads the run's ``args.yaml`` (next to the checkpoint, or ``--args``) for the architecture,
-classes, input channels, preprocessing and recipe; writes ``config.json`` and ``model.safetensors``
-with timm's ``save_for_hf`` and a model card ``README.md``; then checks that timm loads the folder
-back (``local-dir:``) with bit-identical outputs before it appears under ``--out``. ``push`` checks a
-folder and uploads it with huggingface_hub (token: ``HF_TOKEN`` or ``hf auth login``). Anyone then
-loads it with ``timm.create_model('hf-hub:you/vt_resnet18.fmnist', pretrained=True)``.
+``export`` reads the run's ``args.yaml`` (next to the checkpoint, or ``--args``; vt_timm's train.py or
+timm's own) for the architecture, classes, input channels, preprocessing and recipe; writes
+``config.json`` and ``model.safetensors`` with timm's ``save_for_hf`` and a model card ``README.md``;
+then checks that timm loads the folder back (``local-dir:``) with bit-identical outputs before it
+appears under ``--out``. ``push`` checks a folder and uploads it with huggingface_hub (token:
+``HF_TOKEN`` or ``hf auth login``). After ``import vt_timm`` anyone then loads it with
+``timm.create_model('hf-hub:you/vt_resnet18.fmnist', pretrained=True)``, or with transformers'
+``AutoModelForImageClassification`` / ``AutoImageProcessor`` / ``pipeline('image-classification')``.
+
+Two things timm's ``save_for_hf`` alone does not give transformers (5.x, ``TimmWrapper``):
+
+- it records ``num_classes`` in ``model_args``, and ``TimmWrapper`` calls
+  ``timm.create_model(architecture, num_classes=config.num_labels, **model_args)``: a repeat is
+  ``TypeError: got multiple values for keyword argument 'num_classes'``. The export keeps
+  ``num_classes`` at the config's root only, where both timm and transformers read it.
+- class names: the export writes ``label_names`` (transformers' ``id2label``, timm's
+  ``pretrained_cfg['label_names']``) from ``--label-names``, else from the run's dataset.
+
+transformers builds the model with ``timm.create_model(architecture)``, so the architecture must be
+registered: ``import vt_timm`` first (a config cannot make transformers import it).
 """
 import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -26,8 +40,16 @@ from timm.models import save_for_hf
 from .checkpoints import create_model_from_checkpoint, is_model_name
 from .macs import profile_model
 from .configs import load_config
+from .data import IMG_MODES
 
 HUB_FILES = ('config.json', 'model.safetensors', 'README.md')
+# keyword arguments that transformers' TimmWrapper passes to timm.create_model itself, before the config's
+# model_args (num_classes=config.num_labels, or 0 for the headless TimmWrapperModel): model_args must not repeat them
+WRAPPER_ARGS = ('num_classes',)
+# timm 'torch/<name>' datasets whose torchvision class lists its classes in label order as a class attribute
+TORCHVISION_CLASSES = {'mnist': 'MNIST', 'kmnist': 'KMNIST', 'fashion_mnist': 'FashionMNIST', 'qmnist': 'QMNIST'}
+# datasets whose readers name no classes in a way worth guessing at
+NO_LABEL_READERS = ('hfds/', 'hfids/', 'tfds/', 'wds/')
 CITATION = """@inproceedings{wu2021visual,
   title     = {Visual Transformers: Where Do Transformers Really Belong in Vision Models?},
   author    = {Wu, Bichen and Xu, Chenfeng and Dai, Xiaoliang and Wan, Alvin and Zhang, Peizhao and
@@ -57,6 +79,109 @@ def data_config(run_args: Dict[str, Any], in_chans: int) -> Dict[str, Any]:
     return config
 
 
+def read_label_names(path: Path, num_classes: int) -> List[str]:
+    """Class names from a text file, one a line in class-index order (the format of timm's ``--class-map``
+    .txt files); SystemExit unless there is one non-empty, distinct name per class."""
+    if not path.is_file():
+        raise SystemExit(f'--label-names {path}: no such file')
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(names) != num_classes or len(set(names)) != len(names):
+        raise SystemExit(f'--label-names {path}: {len(names)} names ({len(set(names))} distinct), but the model has '
+                         f'{num_classes} classes; expected one distinct name a line, in class-index order')
+    return names
+
+
+def dataset_label_names(run_args: Dict[str, Any], num_classes: int) -> Tuple[Optional[List[str]], str]:
+    """(class names in label order, '') for the run's dataset, or (None, why not): the torchvision class's
+    ``classes`` for timm's ``torch/mnist``-family datasets; for image folders and tar files (timm's default
+    reader, with the run's ``class_map`` if it had one) the reader's ``class_to_idx`` of the run's training
+    split under its ``data_dir``, which must still be there."""
+    name = (run_args.get('dataset') or '').lower()
+    if name.startswith('torch/'):
+        import torchvision.datasets
+
+        names = getattr(getattr(torchvision.datasets, TORCHVISION_CLASSES.get(name[len('torch/'):], ''), None),
+                        'classes', None)
+        if not isinstance(names, (list, tuple)):
+            return None, f'torchvision lists no classes for {name} without its files'
+        names = list(names)
+    elif name.startswith(NO_LABEL_READERS):
+        return None, f'no class names are read from {name} datasets'
+    else:
+        data_dir = run_args.get('data_dir') or run_args.get('data')
+        if not data_dir or not Path(data_dir).is_dir():
+            return None, f'the run\'s data_dir {data_dir!r} is not a folder here'
+        from timm.data import create_dataset
+
+        try:
+            dataset = create_dataset(run_args.get('dataset') or '', root=data_dir,
+                                     split=run_args.get('train_split') or 'train',
+                                     class_map=run_args.get('class_map') or '')
+        except Exception as e:  # a split that is not there, an unreadable class map, ...
+            return None, f'timm could not read {data_dir}: {type(e).__name__}: {e}'
+        class_to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None) or {}
+        names = [c for c, _ in sorted(class_to_idx.items(), key=lambda item: item[1])]
+        if sorted(class_to_idx.values()) != list(range(len(names))):
+            return None, f'the class indices of {data_dir} are not 0..{len(names) - 1}'
+    if len(names) != num_classes:
+        return None, f'{name or "the image folder"} has {len(names)} classes, the model {num_classes}'
+    return names, ''
+
+
+def hf_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """timm's ``save_for_hf`` config, loadable by transformers' ``TimmWrapper`` too: ``model_args`` without
+    the arguments TimmWrapper passes itself (``WRAPPER_ARGS``). timm still builds the same model: it reads
+    ``num_classes`` from the config's root into the pretrained cfg, the default of its model factory."""
+    model_args = {k: v for k, v in (config.get('model_args') or {}).items() if k not in WRAPPER_ARGS}
+    return {k: model_args if k == 'model_args' else v for k, v in config.items() if k != 'model_args' or model_args}
+
+
+def usage_snippets(repo_id: str, in_chans: int) -> List[str]:
+    """The model card's usage, from timm and from transformers; each snippet starts with ``import vt_timm``
+    (transformers builds the model with timm, which knows the VT-ResNets only once vt_timm registered them)."""
+    timm_snippet = '\n'.join([
+        '```python',
+        'import vt_timm  # registers the VT-ResNet architectures with timm',
+        'import timm',
+        '',
+        f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()",
+        'transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))',
+        '```',
+    ])
+    header = 'import vt_timm  # first: transformers builds the model with timm, which then knows the VT-ResNets'
+    if in_chans == 3:
+        transformers_snippet = '\n'.join([
+            '```python', header,
+            'from PIL import Image',
+            'from transformers import pipeline',
+            '',
+            f"classifier = pipeline('image-classification', model='{repo_id}')",
+            "print(classifier(Image.open('photo.jpg'), top_k=5))",
+            '```',
+        ])
+    else:  # transformers' pipeline converts every image to RGB; its timm processor keeps the mode it is given
+        transformers_snippet = '\n'.join([
+            '```python', header,
+            'import torch',
+            'from PIL import Image',
+            'from transformers import AutoImageProcessor, AutoModelForImageClassification',
+            '',
+            f"processor = AutoImageProcessor.from_pretrained('{repo_id}')",
+            f"model = AutoModelForImageClassification.from_pretrained('{repo_id}').eval()",
+            f"inputs = processor(Image.open('photo.jpg').convert('{IMG_MODES.get(in_chans, 'L')}'))"
+            f'  # {in_chans}-channel input',
+            'with torch.no_grad():',
+            '    probs = model(**inputs).logits.softmax(-1)[0]',
+            'print({model.config.id2label[i]: round(p, 4) for i, p in enumerate(probs.tolist())})',
+            '```',
+        ])
+    note = ('the pipeline preprocesses with the timm transform in `config.json`' if in_chans == 3 else
+            f'the model takes {in_chans}-channel images, and transformers\' pipeline converts every image to RGB: '
+            'use the image processor (the timm transform in `config.json`) and the model')
+    return ['\n## Model Usage', '### timm', timm_snippet, f'\n### transformers\n`transformers>=5`; {note}.',
+            transformers_snippet]
+
+
 def model_card(model: torch.nn.Module, input_size: Sequence[int], repo_id: str, tag: str, run_args: Dict[str, Any],
                use_ema: bool, results: Optional[Dict[str, Any]]) -> str:
     """README.md for the Hub: metadata (huggingface_hub's ``ModelCardData``), what the weights are, how they were
@@ -84,12 +209,9 @@ def model_card(model: torch.nn.Module, input_size: Sequence[int], repo_id: str, 
         '  - Visual Transformers: Token-based Image Representation and Processing for Computer Vision: '
         'https://arxiv.org/abs/2006.03677',
         f'- **Dataset:** {dataset}',
-        '- **Training recipe:**',
+        *(['- **Training recipe:**'] if recipe else []),
         *(f'  - {k}: {v}' for k, v in recipe.items()),
-        '\n## Model Usage',
-        f'```python\nimport timm\nimport vt_timm  # registers the VT-ResNet architectures\n\n'
-        f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()\n"
-        f'transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))\n```',
+        *usage_snippets(repo_id, model.in_chans),
     ]
     if results:
         lines += [
@@ -106,6 +228,9 @@ def model_card(model: torch.nn.Module, input_size: Sequence[int], repo_id: str, 
 def check_reload(folder: Path, model: torch.nn.Module, input_size: Sequence[int]) -> None:
     """timm loads ``folder`` as ``local-dir:`` and gives bit-identical outputs to ``model``."""
     reloaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    if (reloaded.num_classes, reloaded.in_chans) != (model.num_classes, model.in_chans):
+        raise RuntimeError(f'{folder}: timm rebuilds {reloaded.num_classes} classes and {reloaded.in_chans} input '
+                           f'channels, the model has {model.num_classes} and {model.in_chans}')
     x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         if not torch.equal(model(x), reloaded(x)):
@@ -113,8 +238,11 @@ def check_reload(folder: Path, model: torch.nn.Module, input_size: Sequence[int]
 
 
 def export(checkpoint: Path, out: Path, tag: str, repo_id: str = '', use_ema: bool = False,
-           args_file: Optional[Path] = None, results_file: Optional[Path] = None) -> Path:
-    """Write the Hub folder for a train.py checkpoint to ``out`` (which must not exist yet)."""
+           args_file: Optional[Path] = None, results_file: Optional[Path] = None,
+           label_names_file: Optional[Path] = None) -> Path:
+    """Write the Hub folder for a train.py checkpoint to ``out`` (which must not exist yet). Class names come
+    from ``label_names_file`` (one a line), else from the run's dataset (``dataset_label_names``); without
+    them, transformers names the classes LABEL_0, LABEL_1, ... (ImageNet's names for 1000 classes)."""
     args_file = args_file or checkpoint.parent / 'args.yaml'
     for flag, path in (('checkpoint', checkpoint), ('--args', args_file), ('--results', results_file)):
         if path is not None and not path.is_file():
@@ -124,13 +252,22 @@ def export(checkpoint: Path, out: Path, tag: str, repo_id: str = '', use_ema: bo
     run_args = load_config(str(args_file))
     results = json.loads(results_file.read_text()) if results_file else None
     model = load_trained_model(checkpoint, run_args, use_ema)
+    if label_names_file is not None:
+        label_names = read_label_names(label_names_file, model.num_classes)
+    else:
+        label_names, why = dataset_label_names(run_args, model.num_classes)
+        if label_names is None:
+            print(f'note: no class names in the export ({why}); pass --label-names FILE (one a line)')
     repo_id = repo_id or f'{run_args["model"]}.{tag}'
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
     try:
-        save_for_hf(model, str(staging), model_config={'pretrained_cfg': {'tag': tag}},
+        model_config = {'pretrained_cfg': {'tag': tag}, **({'label_names': label_names} if label_names else {})}
+        save_for_hf(model, str(staging), model_config=model_config,
                     data_config=data_config(run_args, model.in_chans), safe_serialization=True)
-        input_size = json.loads((staging / 'config.json').read_text())['pretrained_cfg']['input_size']
+        config = hf_config(json.loads((staging / 'config.json').read_text()))
+        (staging / 'config.json').write_text(json.dumps(config, indent=2) + '\n')
+        input_size = config['pretrained_cfg']['input_size']
         (staging / 'README.md').write_text(model_card(model, input_size, repo_id, tag, run_args, use_ema, results))
         check_reload(staging, model, input_size)
         staging.rename(out)
@@ -144,9 +281,15 @@ def check_folder(folder: Path) -> List[Path]:
     missing = [name for name in HUB_FILES if not (folder / name).is_file()]
     if missing:
         raise SystemExit(f'{folder}: missing {missing}; expected the output of `vt-hub export`')
-    architecture = json.loads((folder / 'config.json').read_text()).get('architecture')
+    config = json.loads((folder / 'config.json').read_text())
+    architecture = config.get('architecture')
     if not isinstance(architecture, str) or not is_model_name(architecture):
         raise SystemExit(f'{folder / "config.json"}: unknown architecture {architecture!r}')
+    repeated = [k for k in WRAPPER_ARGS if k in (config.get('model_args') or {})]
+    if repeated:
+        raise SystemExit(f'{folder / "config.json"}: model_args repeats {repeated}, which transformers\' TimmWrapper '
+                         'passes itself (it would fail with "got multiple values for keyword argument"); '
+                         're-export the folder with `vt-hub export`')
     try:
         with safe_open(str(folder / 'model.safetensors'), framework='pt') as weights:
             weights.keys()
