@@ -17,10 +17,11 @@ def _entry(name: str):
         return _timm.create_model(name, pretrained=pretrained, **kwargs)
 
     model_fn = _timm.models.model_entrypoint(name)
+    cfg = _timm.models.get_pretrained_cfg(name)
+    weights = f'load the published weights of the default tag ({cfg.hf_hub_id})' if cfg.has_weights else (
+        'no weights are published yet (raises); load your own with pretrained_cfg_overlay=dict(file=...)')
     entry.__name__ = entry.__qualname__ = name
-    entry.__doc__ = (f'{model_fn.__doc__}\n\n    pretrained: load the published weights of the default tag '
-                     f'({_timm.models.get_pretrained_cfg(name).hf_hub_id}).\n'
-                     f'    kwargs: passed to timm.create_model.')
+    entry.__doc__ = f'{model_fn.__doc__}\n\n    pretrained: {weights}.\n    kwargs: passed to timm.create_model.'
     return entry
 
 
