@@ -2,10 +2,12 @@
 
 The ``ref_*`` helpers never call the module code under test: softmax is written as exp / sum,
 BatchNorm as (x - mean) / sqrt(var + eps) * weight + bias, products as einsum; they read the
-module's own weights. ``VARIANTS`` are the paper's ablation variants as model keywords.
+module's own weights. ``VARIANTS`` are the paper's ablation variants as model keywords;
+``calibrated_model`` is a model as after training, for tests of whole models.
 """
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
+import timm
 import torch
 import torch.nn as nn
 
@@ -176,3 +178,22 @@ def ref_projector_read(pr: Projector, x: torch.Tensor, t: torch.Tensor) -> torch
 def ref_projector(pr: Projector, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``X_out = X + BN0(SOFTMAX_L(BN(X W_Q) BN(T W_K)^T / sqrt(d)) (T W_V))``."""
     return x + ref_bn(ref_projector_read(pr, x, t), pr.norm, channel_dim=1)
+
+
+def calibrated_model(name: str, photos: Callable[..., torch.Tensor], size: Tuple[int, int], **kwargs) -> nn.Module:
+    """``name`` (seed 0) in eval mode with every residual branch active and every BN holding the statistics
+    of four real photos at ``size``, as after training.
+
+    A fresh model's BNs normalise with running mean 0 / var 1 in eval mode; the stride-16 map is then so
+    small that the tokenizers' spatial softmax is uniform and the 16 tokens coincide (to ~1e-7), which
+    would hide pooling, export or compile mistakes.
+    """
+    torch.manual_seed(0)
+    model = timm.create_model(name, zero_init_last=False, **kwargs)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average: one pass stores the batch statistics
+    with torch.no_grad():
+        model.train()(photos(size, num=4, in_chans=kwargs.get('in_chans', 3)))
+    return model.eval()

@@ -16,7 +16,7 @@ import torch
 import torch._dynamo
 import torch.nn as nn
 
-from reference import VARIANTS
+from reference import VARIANTS, calibrated_model
 from vt_timm.layers import VTStage
 from vt_timm.tools.export import ERROR_FACTOR, float32_error
 
@@ -110,16 +110,7 @@ def test_models_cover_the_registry():
 
 
 def trained_like(name: str, photos: Callable[..., torch.Tensor], **kwargs) -> nn.Module:
-    """``name`` in eval mode with all residual branches active and the BN statistics of four photos."""
-    torch.manual_seed(0)
-    model = timm.create_model(name, zero_init_last=False, **kwargs)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average: one pass stores the batch statistics
-    with torch.no_grad():
-        model.train()(photos((IMG_SIZE, IMG_SIZE), num=4))
-    return model.eval()
+    return calibrated_model(name, photos, (IMG_SIZE, IMG_SIZE), **kwargs)
 
 
 @pytest.fixture(scope='module', params=list(MODELS))

@@ -22,6 +22,7 @@ import torch.nn as nn
 import vt_timm.cli.export
 from vt_timm.cli.export import main
 from vt_timm.tools.export import ERROR_FACTOR, check_export, export_onnx, export_torchscript, float32_error, second_size
+from reference import calibrated_model
 
 MODEL_NAMES = ('vt_resnet18', 'vt_resnet34', 'vt_resnet50', 'vt_resnet101')
 # ONNX, the slowest export (20-37 s a model on 2 cores): one model per block type. VT-ResNet-34 and -101
@@ -40,17 +41,7 @@ pytestmark = [
 
 
 def trained_like(name: str, photos: Callable[..., torch.Tensor], **kwargs) -> nn.Module:
-    """``name`` in eval mode with all residual branches active and the BN statistics of four photos."""
-    torch.manual_seed(0)
-    model = timm.create_model(name, zero_init_last=False, **kwargs)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average: one pass stores the batch statistics
-    in_chans = kwargs.get('in_chans', 3)
-    with torch.no_grad():
-        model.train()(photos((IMG_SIZE, IMG_SIZE), num=4, in_chans=in_chans))
-    return model.eval()
+    return calibrated_model(name, photos, (IMG_SIZE, IMG_SIZE), **kwargs)
 
 
 @pytest.fixture(scope='module', params=MODEL_NAMES)

@@ -22,6 +22,7 @@ from timm.layers import DropPath, set_scriptable
 from timm.models import FeatureGraphNet, create_feature_extractor, get_pretrained_cfg, group_parameters
 
 import vt_timm
+from reference import calibrated_model
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -52,21 +53,8 @@ def meta_model(name: str, **kwargs) -> nn.Module:
 
 
 def token_diverse_model(name: str, photos: Callable[..., torch.Tensor], **kwargs) -> nn.Module:
-    """A model in eval mode whose 16 tokens differ from each other, for checks of token pooling.
-
-    A fresh model's BNs normalise with running mean 0 / var 1 in eval mode; the stride-16 map is
-    then so small that the tokenizers' spatial softmax is uniform and the 16 tokens coincide (to
-    ~1e-7), which would hide pooling mistakes. Here every residual branch is active and every BN
-    holds the statistics of four real photos, as after training.
-    """
-    model = timm.create_model(name, zero_init_last=False, **kwargs)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average: one pass stores the batch statistics
-    with torch.no_grad():
-        model.train()(photos(SMALL, num=4))
-    return model.eval()
+    """A model in eval mode whose 16 tokens differ from each other, for checks of token pooling."""
+    return calibrated_model(name, photos, SMALL, **kwargs)
 
 
 def map_sizes(size: Tuple[int, int]) -> List[Tuple[int, int]]:
