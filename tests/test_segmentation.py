@@ -301,9 +301,9 @@ def _run(data_dir, tmp_path, *extra):
 
 @pytest.mark.parametrize('setup,extra,error,message', [
     (lambda d: d / 'missing', [], SystemExit, 'no such directory'),
-    (lambda d: _folder(d, with_mask=False), [], FileNotFoundError, 'without a mask'),
-    (lambda d: _folder(d, mask_value=7), [], ValueError, r'values \[7\] are neither classes 0..2'),
-    (lambda d: _folder(d, mask_shape=(30, 50)), [], ValueError, 'mask is 50x30, its image a.png 50x40'),
+    (lambda d: _folder(d, with_mask=False), [], SystemExit, 'without a mask'),
+    (lambda d: _folder(d, mask_value=7), [], SystemExit, r'values \[7\] are neither classes 0..2'),
+    (lambda d: _folder(d, mask_shape=(30, 50)), [], SystemExit, 'mask is 50x30, its image a.png 50x40'),
     (lambda d: _folder(d), ['--eval-only'], SystemExit, '--eval-only needs --checkpoint'),
     (lambda d: _folder(d), ['--checkpoint', '/no/such.pth.tar'], SystemExit, 'no such file'),
     (lambda d: _folder(d), ['--ignore-index', '2'], SystemExit, 'outside 0..2'),

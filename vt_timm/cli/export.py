@@ -50,8 +50,11 @@ def check_args(args: argparse.Namespace) -> None:
 
 def create_model(args: argparse.Namespace) -> nn.Module:
     """The model named by ``args`` in eval mode, with the checkpoint's weights if one is given."""
-    return create_model_from_checkpoint(args.model, args.checkpoint, args.use_ema, args.num_classes,
-                                        args.in_chans).eval()
+    try:
+        return create_model_from_checkpoint(args.model, args.checkpoint, args.use_ema, args.num_classes,
+                                            args.in_chans).eval()
+    except ValueError as e:  # a model keyword out of range
+        raise SystemExit(f'--model {args.model}: {e}') from e
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[Tuple[int, int], float]:

@@ -42,7 +42,9 @@ from vt_timm.cli.args import check_files, check_model, create_config_parser, par
 from vt_timm.models.vt_fpn import HEADS, create_segmentation_model
 from vt_timm.tools import checkpoints
 from vt_timm.tools.files import write_results
-from vt_timm.tools.segmentation_data import SegmentationFolder, collate_full_size, read_class_names
+from vt_timm.tools.segmentation_data import (
+    SegmentationDataError, SegmentationFolder, collate_full_size, data_error_message, read_class_names,
+)
 from vt_timm.tools.segmentation_metrics import ConfusionMatrix
 from vt_timm.tools.segmentation_sets import DATASETS, needs_writing
 
@@ -147,6 +149,9 @@ def check_args(args: argparse.Namespace) -> None:
             names = read_class_names(args.data_dir)
             if names is None:
                 raise SystemExit(f'--num-classes is required: {args.data_dir}/classes.txt does not exist')
+            if not names:
+                raise SystemExit(f'{args.data_dir}/classes.txt is empty: expected one class name a line '
+                                 f'(or pass --num-classes)')
             args.num_classes = len(names)
     if not 1 <= args.num_classes <= 256 or 0 <= args.ignore_index < args.num_classes:
         raise SystemExit(f'--num-classes {args.num_classes} must be 1..256 and --ignore-index {args.ignore_index} '
@@ -239,22 +244,37 @@ def results_dict(metrics: Dict, args: argparse.Namespace) -> Dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
-    """Train (or with ``--eval-only`` evaluate); returns the last evaluation's metrics."""
+    """Train (or with ``--eval-only`` evaluate); returns the last evaluation's metrics. An image or mask that
+    cannot be used exits naming the file."""
     setup_default_logging()
     args, args_text = parse_args(argv)
     check_args(args)
+    try:
+        return run(args, args_text)
+    except SegmentationDataError as e:
+        raise SystemExit(f'--data-dir {args.data_dir}: {data_error_message(e)}') from e
+
+
+def run(args: argparse.Namespace, args_text: str) -> Dict:
+    """What ``main`` does once the arguments are checked."""
     if _writes_dataset(args):
         DATASETS[args.dataset].write(args.data_dir)
     random_seed(args.seed)
-    model = create_segmentation_model(
-        args.backbone, args.head, args.num_classes, pretrained_backbone=args.pretrained, fpn_chs=args.fpn_chs,
-        head_chs=args.head_chs, neck_kwargs=args.neck_kwargs, **args.model_kwargs)
+    try:
+        model = create_segmentation_model(
+            args.backbone, args.head, args.num_classes, pretrained_backbone=args.pretrained, fpn_chs=args.fpn_chs,
+            head_chs=args.head_chs, neck_kwargs=args.neck_kwargs, **args.model_kwargs)
+    except ValueError as e:  # a backbone or neck keyword out of range
+        raise SystemExit(f'--backbone {args.backbone} --head {args.head}: {e}') from e
     if args.checkpoint:
         load_weights(model, args.checkpoint, args)
     model.to(args.device)
     cfg = model.pretrained_cfg
-    train_loader, val_loader = create_loaders(args, cfg.get('mean', (0.485, 0.456, 0.406)),
-                                              cfg.get('std', (0.229, 0.224, 0.225)))
+    try:
+        train_loader, val_loader = create_loaders(args, cfg.get('mean', (0.485, 0.456, 0.406)),
+                                                  cfg.get('std', (0.229, 0.224, 0.225)))
+    except FileNotFoundError as e:  # a split's images/masks folder, its images or a mask missing
+        raise SystemExit(f'--data-dir {args.data_dir}: {e}') from e
 
     if args.eval_only:
         metrics = dict(evaluate(model, val_loader, args), samples=len(val_loader.dataset))

@@ -203,6 +203,34 @@ def read_real_labels(path: str, dataset: torch.utils.data.Dataset) -> RealLabels
     return real_labels
 
 
+def dataset_class_names(dataset: torch.utils.data.Dataset) -> Optional[List[str]]:
+    """The class names of ``dataset`` in label order, where its reader lists them: timm's folder and tar readers
+    (their ``class_to_idx``, a ``--class-map`` included), torchvision's ``classes``; None for other readers."""
+    dataset = getattr(dataset, 'dataset', dataset)  # a --num-samples subset
+    class_to_idx = getattr(getattr(dataset, 'reader', None), 'class_to_idx', None)
+    if class_to_idx:
+        names = [''] * (max(class_to_idx.values()) + 1)
+        for name, index in class_to_idx.items():
+            names[index] = str(name)
+        return names
+    classes = getattr(dataset, 'classes', None)
+    return [str(c) for c in classes] if isinstance(classes, (list, tuple)) and classes else None
+
+
+def check_dataset_classes(dataset: torch.utils.data.Dataset, args: argparse.Namespace, num_scored: int) -> None:
+    """The dataset's labels index the ``num_scored`` logits scored (the model's, or the ``--valid-labels``). A
+    model with more classes than the dataset is fine (as in timm: e.g. a class-mapped subset of ImageNet); one
+    with fewer would fail on the first label past its logits, so it exits here naming both counts."""
+    names = dataset_class_names(dataset)
+    if names is not None and len(names) > num_scored:
+        scored = f'--valid-labels {args.valid_labels} score' if args.valid_labels else 'the model has'
+        raise SystemExit(
+            f'--data-dir {args.data_dir}: {len(names)} classes ({", ".join(names[:5])}{", ..." * (len(names) > 5)}), '
+            f'but {scored} {num_scored}: labels from {num_scored} on have no logit. Evaluate with '
+            f'--num-classes {len(names)} (and weights for {len(names)} classes), or map the folders to the '
+            f"model's classes with --class-map")
+
+
 class ValidationEvaluator(ClassificationEvaluator):
     """timm's evaluator scoring only the ``valid_labels`` logits (all if None), feeding ``real_labels``
     (timm's ``RealLabelsImagenet``) and logging running metrics every ``log_freq`` batches."""
@@ -240,8 +268,11 @@ def validate(args: argparse.Namespace) -> Dict:
 
     in_chans = args.in_chans if args.in_chans is not None else args.input_size[0] if args.input_size else None
     model_kwargs = {'global_pool': args.gp, 'scriptable': args.torchscript, **args.model_kwargs}
-    model = create_model_from_checkpoint(
-        args.model, args.checkpoint, args.use_ema, args.num_classes, in_chans, model_kwargs, args.pretrained)
+    try:
+        model = create_model_from_checkpoint(
+            args.model, args.checkpoint, args.use_ema, args.num_classes, in_chans, model_kwargs, args.pretrained)
+    except ValueError as e:  # a model keyword out of range
+        raise SystemExit(f'--model {args.model}: {e}') from e
     num_classes = model.num_classes
     if args.reparam:
         model = reparameterize_model(model)
@@ -268,15 +299,21 @@ def validate(args: argparse.Namespace) -> Dict:
     if args.num_gpu > 1:
         model = torch.nn.DataParallel(model, device_ids=list(range(args.num_gpu)))
 
-    dataset = create_dataset(
-        args.dataset, args.data_dir, args.split, num_samples=args.num_samples, seed=args.seed, class_map=args.class_map,
-        download=args.dataset_download, input_img_mode=input_img_mode(args.input_img_mode, channels),
-        input_key=args.input_key, target_key=args.target_key, trust_remote_code=args.dataset_trust_remote_code)
+    img_mode = input_img_mode(args.input_img_mode, channels)
+    try:
+        dataset = create_dataset(
+            args.dataset, args.data_dir, args.split, num_samples=args.num_samples, seed=args.seed,
+            class_map=args.class_map, download=args.dataset_download, input_img_mode=img_mode,
+            input_key=args.input_key, target_key=args.target_key, trust_remote_code=args.dataset_trust_remote_code)
+    except (RuntimeError, OSError) as e:  # timm: no images found; torchvision: files missing
+        raise SystemExit(f'--data-dir {args.data_dir} (--dataset {args.dataset or "<image folder>"}, --split '
+                         f'{args.split}): {e}') from e
     if args.aot_autograd and len(dataset) % args.batch_size:
         raise SystemExit(f'--aot-autograd: memory_efficient_fusion compiles for one batch shape, and the last batch '
                          f'would have {len(dataset) % args.batch_size} of {args.batch_size} images: choose a '
                          f'--batch-size that divides the {len(dataset)} images')
     valid_labels = read_valid_labels(args.valid_labels, num_classes) if args.valid_labels else None
+    check_dataset_classes(dataset, args, num_classes if valid_labels is None else len(valid_labels))
     real_labels = read_real_labels(args.real_labels, dataset) if args.real_labels else None
     crop_pct = 1.0 if test_time_pool else data_config['crop_pct']
     loader = create_loader(

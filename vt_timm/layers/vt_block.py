@@ -4,6 +4,7 @@ replaces a ResNet's last stage (paper section 4.1).
 Paper: `Visual Transformers: Token-based Image Representation and Processing for Computer Vision`
     - https://arxiv.org/abs/2006.03677 (Wu et al., v4 / ICCV 2021)
 """
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -16,7 +17,13 @@ from .projector import Projector
 from .relations import RELATIONS, create_relation
 from .tokenizers import FIRST_TOKENIZERS, LATER_TOKENIZERS, create_tokenizer
 
-__all__ = ['VTCfg', 'VTBlock', 'VTStage']
+__all__ = ['VTCfg', 'VTBlock', 'VTStage', 'check_count']
+
+
+def check_count(name: str, value: Any, least: int, unit: str) -> None:
+    """An integer keyword of at least ``least`` (``unit`` says what it counts), else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f'{name}={value!r}: expected an integer of at least {least} ({unit})')
 
 
 @dataclass(frozen=True)
@@ -45,9 +52,7 @@ class VTCfg:
     def __post_init__(self):
         for name, least, unit in (('token_chs', 1, 'channels'), ('num_tokens', 2, 'visual tokens'),
                                   ('qk_dim', 1, 'channels'), ('num_heads', 1, 'heads')):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f'{name}={value!r}: expected an integer of at least {least} ({unit})')
+            check_count(name, getattr(self, name), least, unit)
         for name, kinds in (('first_tokenizer', FIRST_TOKENIZERS), ('tokenizer', LATER_TOKENIZERS),
                             ('relation', RELATIONS)):
             if getattr(self, name) not in kinds:
@@ -99,6 +104,22 @@ def _rename_relation_keys(module: nn.Module, state_dict: Dict[str, Any], prefix:
         state_dict[prefix + 'relation.' + key[len(old):]] = state_dict.pop(key)
 
 
+def _check_heads(cfg: VTCfg, vt_chs: int, vt_depth: int) -> None:
+    """``num_heads`` splits every width its attention splits, where the stage has them: qk_dim and token_chs
+    (transformer relation), qk_dim and the map width vt_chs (projectors); else a ValueError naming the divisors."""
+    widths = {}
+    if cfg.relation == 'transformer':
+        widths.update(qk_dim=cfg.qk_dim, token_chs=cfg.token_chs)
+    if cfg.projector and vt_depth > 1:
+        widths.update(qk_dim=cfg.qk_dim, vt_chs=vt_chs)
+    if any(width % cfg.num_heads for width in widths.values()):
+        common = math.gcd(*widths.values())
+        divisors = [d for d in range(1, common + 1) if common % d == 0]
+        raise ValueError(f'num_heads={cfg.num_heads}: expected a divisor of '
+                         f'{", ".join(f"{k}={v}" for k, v in widths.items())} (each head takes an equal slice): '
+                         f'one of {divisors[:12]}{" ..." * (len(divisors) > 12)}')
+
+
 class VTStage(nn.Module):
     """A chain of VT modules over one feature map: by default filter tokenizer first, recurrent after.
 
@@ -125,6 +146,8 @@ class VTStage(nn.Module):
         if cfg is not None and cfg_kwargs:
             raise ValueError(f'pass either cfg or its fields as keywords, not both (got {sorted(cfg_kwargs)})')
         cfg = cfg or VTCfg(**cfg_kwargs)
+        check_count('vt_depth', vt_depth, 1, 'VT modules')
+        _check_heads(cfg, vt_chs, vt_depth)
         if not cfg.projector and cfg.tokenizer != 'recurrent' and vt_depth > 1:
             raise ValueError(
                 f"projector=False needs tokenizer='recurrent': with {cfg.tokenizer!r} tokenizers the tokens of "

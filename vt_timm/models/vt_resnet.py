@@ -26,6 +26,7 @@ from timm.models import resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, make_blocks
 
 from ..layers import VTCfg, VTStage, init_conv_weights, init_vt_weights
+from ..layers.vt_block import check_count
 
 __all__ = ['VTResNet']
 
@@ -41,6 +42,14 @@ def check_output_stride(output_stride: int) -> None:
         raise ValueError(
             f'output_stride={output_stride!r}: VT-ResNet has no stride-32 stage (the VT stage replaces ResNet\'s '
             f'layer4 and works on the stride-16 map), so output_stride must be 16 (native) or 8 (layer3 dilated)')
+
+
+def check_rate(name: str, value: Optional[float]) -> None:
+    """A dropout-style probability keyword is a number in [0, 1) (None allowed: off), else a ValueError naming it."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0. <= value < 1.:
+        raise ValueError(f'{name}={value!r}: expected a probability in [0, 1) (0 or None: off)')
 
 
 def feature_reductions(output_stride: int = 16) -> List[int]:
@@ -158,6 +167,11 @@ class VTResNet(nn.Module):
         if global_pool not in POOL_TYPES:
             raise ValueError(f'global_pool must be one of {POOL_TYPES}, got {global_pool!r}')
         check_output_stride(output_stride)
+        check_count('num_classes', num_classes, 0, '0: no classifier')
+        check_count('in_chans', in_chans, 1, 'image channels')
+        for name, rate in (('drop_rate', drop_rate), ('drop_path_rate', drop_path_rate),
+                           ('drop_block_rate', drop_block_rate)):
+            check_rate(name, rate)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -242,6 +256,7 @@ class VTResNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """New classifier with ``num_classes`` outputs (0: none) on the model's device and dtype."""
+        check_count('num_classes', num_classes, 0, '0: no classifier')
         if global_pool is not None:
             if global_pool not in POOL_TYPES:
                 raise ValueError(f'global_pool must be one of {POOL_TYPES}, got {global_pool!r}')

@@ -33,13 +33,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
+import yaml
 from safetensors import safe_open
 from huggingface_hub import ModelCardData
 from timm.models import save_for_hf
 
 from .checkpoints import create_model_from_checkpoint, is_model_name
 from .macs import profile_model
-from .configs import load_config
 from .data import IMG_MODES
 
 HUB_FILES = ('config.json', 'model.safetensors', 'README.md')
@@ -66,8 +66,42 @@ RECIPE_KEYS = ('dataset', 'train_num_samples', 'epochs', 'batch_size', 'opt', 'l
 def load_trained_model(checkpoint: Path, run_args: Dict[str, Any], use_ema: bool) -> torch.nn.Module:
     """The model of a train.py run (architecture from its args) with the checkpoint's raw or EMA weights."""
     in_chans = run_args['input_size'][0] if run_args.get('input_size') else run_args.get('in_chans')
-    return create_model_from_checkpoint(run_args['model'], str(checkpoint), use_ema, run_args.get('num_classes'),
-                                        in_chans, run_args.get('model_kwargs')).eval()
+    try:
+        return create_model_from_checkpoint(run_args['model'], str(checkpoint), use_ema, run_args.get('num_classes'),
+                                            in_chans, run_args.get('model_kwargs')).eval()
+    except ValueError as e:  # a model keyword of the run out of range
+        raise SystemExit(f'model {run_args["model"]} of the run\'s args: {e}') from e
+
+
+def read_run_args(path: Path) -> Dict[str, Any]:
+    """The run's args.yaml: a mapping that names the ``model``; SystemExit naming ``--args`` otherwise."""
+    try:
+        run_args = yaml.safe_load(path.read_text()) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise SystemExit(f'--args {path}: not a YAML file: {e}') from e
+    if not isinstance(run_args, dict):
+        raise SystemExit(f'--args {path}: expected a YAML mapping of train.py dest names, got '
+                         f'{type(run_args).__name__}')
+    if not isinstance(run_args.get('model'), str) or not is_model_name(run_args['model']):
+        raise SystemExit(f'--args {path}: model {run_args.get("model")!r} is no model timm can build; expected the '
+                         f'args.yaml of the train.py run that wrote the checkpoint')
+    return run_args
+
+
+RESULT_KEYS = ('samples', 'top1', 'top5', 'loss', 'img_size', 'crop_pct')  # what the model card's table shows
+
+
+def read_results(path: Path) -> Dict[str, Any]:
+    """validate.py's ``--results-format json`` file; SystemExit naming ``--results`` unless it has ``RESULT_KEYS``."""
+    try:
+        results = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SystemExit(f'--results {path}: not a JSON file: {e}') from e
+    missing = [k for k in RESULT_KEYS if k not in results] if isinstance(results, dict) else list(RESULT_KEYS)
+    if missing:
+        raise SystemExit(f'--results {path}: missing {missing}; expected the output of validate.py '
+                         f'--results-format json')
+    return results
 
 
 def data_config(run_args: Dict[str, Any], in_chans: int) -> Dict[str, Any]:
@@ -84,7 +118,10 @@ def read_label_names(path: Path, num_classes: int) -> List[str]:
     .txt files); SystemExit unless there is one non-empty, distinct name per class."""
     if not path.is_file():
         raise SystemExit(f'--label-names {path}: no such file')
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise SystemExit(f'--label-names {path}: not a text file: {e}') from e
     if len(names) != num_classes or len(set(names)) != len(names):
         raise SystemExit(f'--label-names {path}: {len(names)} names ({len(set(names))} distinct), but the model has '
                          f'{num_classes} classes; expected one distinct name a line, in class-index order')
@@ -249,8 +286,8 @@ def export(checkpoint: Path, out: Path, tag: str, repo_id: str = '', use_ema: bo
             raise SystemExit(f'{flag} {path}: no such file (export needs the run\'s args.yaml: pass --args)')
     if out.exists():
         raise SystemExit(f'--out {out} exists: export never overwrites; remove it or choose another folder')
-    run_args = load_config(str(args_file))
-    results = json.loads(results_file.read_text()) if results_file else None
+    run_args = read_run_args(args_file)
+    results = read_results(results_file) if results_file else None
     model = load_trained_model(checkpoint, run_args, use_ema)
     if label_names_file is not None:
         label_names = read_label_names(label_names_file, model.num_classes)
@@ -281,7 +318,12 @@ def check_folder(folder: Path) -> List[Path]:
     missing = [name for name in HUB_FILES if not (folder / name).is_file()]
     if missing:
         raise SystemExit(f'{folder}: missing {missing}; expected the output of `vt-hub export`')
-    config = json.loads((folder / 'config.json').read_text())
+    try:
+        config = json.loads((folder / 'config.json').read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SystemExit(f'{folder / "config.json"}: not a JSON file: {e}') from e
+    if not isinstance(config, dict):
+        raise SystemExit(f'{folder / "config.json"}: expected a JSON object, got {type(config).__name__}')
     architecture = config.get('architecture')
     if not isinstance(architecture, str) or not is_model_name(architecture):
         raise SystemExit(f'{folder / "config.json"}: unknown architecture {architecture!r}')

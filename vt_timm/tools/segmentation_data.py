@@ -1,8 +1,10 @@
 """Segmentation data: image/mask folders, their joint transforms (torchvision v2), collation, class names.
 
-    <root>/<split>/images/<name>.jpg|.jpeg|.png   any PIL-readable image, read as RGB
+    <root>/<split>/images/<name>.jpg|.jpeg|.png   any PIL-readable image, read as RGB (``load_image``)
     <root>/<split>/masks/<name>.png               one class index per pixel (8-bit), 255 = ignore
     <root>/classes.txt                            optional: one class name per line
+
+An image or mask that cannot be used raises ``SegmentationDataError`` naming the file.
 """
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -15,7 +17,20 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from .images import DECODE_ERRORS, load_image
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+
+
+class SegmentationDataError(ValueError):
+    """An image or mask of a ``SegmentationFolder`` that cannot be used; the message names the file. A
+    DataLoader worker re-raises it as this type, its message then ending in this one's (``data_error_message``)."""
+
+
+def data_error_message(error: SegmentationDataError) -> str:
+    """The original message of ``error``, also when a DataLoader worker wrapped it in its traceback text."""
+    last = str(error).strip().splitlines()[-1]
+    return last.removeprefix(f'{type(error).__module__}.{type(error).__qualname__}: ')
 
 
 class _Resize(v2.Resize):
@@ -93,21 +108,28 @@ class SegmentationFolder(torch.utils.data.Dataset):
     def read_mask(self, index: int, size: Tuple[int, int]) -> np.ndarray:
         """The mask as int64 (H, W), checked against the image ``size`` (W, H) and the class range."""
         path = self.masks[index]
-        mask = Image.open(path)
-        if mask.size != size:
-            raise ValueError(f'{path}: mask is {mask.size[0]}x{mask.size[1]}, its image {self.images[index].name} '
-                             f'{size[0]}x{size[1]}')
-        if mask.mode not in ('L', 'P', 'I', 'I;16'):
-            raise ValueError(f'{path}: mode {mask.mode}; expected a single-channel class-index PNG')
-        values = np.asarray(mask, dtype=np.int64)
+        try:
+            with Image.open(path) as mask:
+                mask.load()
+                mode, mask_size, values = mask.mode, mask.size, np.asarray(mask, dtype=np.int64)
+        except DECODE_ERRORS as e:
+            raise SegmentationDataError(f'{path}: not a mask PIL can read: {type(e).__name__}: {e}') from e
+        if mask_size != size:
+            raise SegmentationDataError(f'{path}: mask is {mask_size[0]}x{mask_size[1]}, its image '
+                                        f'{self.images[index].name} {size[0]}x{size[1]}')
+        if mode not in ('L', 'P', 'I', 'I;16'):
+            raise SegmentationDataError(f'{path}: mode {mode}; expected a single-channel class-index PNG')
         bad = np.setdiff1d(np.unique(values), [*range(self.num_classes), self.ignore_index])
         if bad.size:
-            raise ValueError(f'{path}: values {bad[:10].tolist()} are neither classes 0..{self.num_classes - 1} '
-                             f'nor the ignore index {self.ignore_index}')
+            raise SegmentationDataError(f'{path}: values {bad[:10].tolist()} are neither classes '
+                                        f'0..{self.num_classes - 1} nor the ignore index {self.ignore_index}')
         return values
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        image = Image.open(self.images[index]).convert('RGB')
+        try:
+            image = load_image(self.images[index], in_chans=3)
+        except ValueError as e:
+            raise SegmentationDataError(str(e)) from e
         mask = tv_tensors.Mask(torch.from_numpy(self.read_mask(index, image.size)))
         return self.transform(image, mask)
 
