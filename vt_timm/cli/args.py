@@ -66,6 +66,21 @@ def add_compile_arguments(parser: argparse.ArgumentParser) -> None:  # or an arg
                         help='torch.compile mode, e.g. max-autotune (default: None)')
 
 
+def add_dataset_source_arguments(parser: argparse.ArgumentParser) -> None:  # or an argument group
+    """timm's dataset-source flags shared by train.py and validate.py: downloads, class map, image mode, the
+    keys of hfds/wds datasets and Hugging Face remote code."""
+    parser.add_argument('--dataset-download', action='store_true', default=False,
+                        help='let torch/ and tfds/ datasets download themselves')
+    parser.add_argument('--class-map', default='', type=str, metavar='FILE',
+                        help='class name per line (line number = class index) for folder datasets')
+    parser.add_argument('--input-img-mode', default=None, type=str,
+                        help='PIL mode images are read in; default from the input channels (L, RGB, RGBA)')
+    parser.add_argument('--input-key', default=None, type=str, help='image key of hfds/wds datasets')
+    parser.add_argument('--target-key', default=None, type=str, help='label key of hfds/wds datasets')
+    parser.add_argument('--dataset-trust-remote-code', action='store_true', default=False,
+                        help='allow a Hugging Face dataset to run its own code')
+
+
 def add_unsupported_argument(parser: argparse.ArgumentParser, *option_strings: str, reason: str, **kwargs) -> None:
     """A flag of timm's script that cannot apply here: parsed with timm's name, type and default, and
     refused by ``refuse_unsupported`` (naming ``reason``) when it is set to anything but that default."""

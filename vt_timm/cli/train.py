@@ -40,7 +40,7 @@ from vt_timm.tools.data import create_dataset, input_img_mode
 from vt_timm.tools.evaluate import evaluate
 from vt_timm.tools.plot import plot_summary
 from vt_timm.cli.args import (
-    add_amp_arguments, add_unsupported_argument, amp_dtype, check_compilers, check_inputs, check_mean_std,
+    add_amp_arguments, add_dataset_source_arguments, add_unsupported_argument, amp_dtype, check_compilers, check_inputs, check_mean_std,
     check_model_dtype, create_autocast, create_config_parser, parse_args_with_config,
 )
 
@@ -70,16 +70,7 @@ def create_parser() -> argparse.ArgumentParser:
                        help='train on a fixed random subset of N samples of the train split')
     group.add_argument('--val-num-samples', type=int, default=None, metavar='N',
                        help='validate on a fixed random subset of N samples of the val split')
-    group.add_argument('--dataset-download', action='store_true', default=False,
-                       help='let torch/ and tfds/ datasets download themselves')
-    group.add_argument('--class-map', default='', type=str, metavar='FILE',
-                       help='class name per line (line number = class index) for folder datasets')
-    group.add_argument('--input-img-mode', default=None, type=str,
-                       help='PIL mode images are read in; default from the input channels (L, RGB, RGBA)')
-    group.add_argument('--input-key', default=None, type=str, help='image key of hfds/wds datasets')
-    group.add_argument('--target-key', default=None, type=str, help='label key of hfds/wds datasets')
-    group.add_argument('--dataset-trust-remote-code', action='store_true', default=False,
-                       help='allow a Hugging Face dataset to run its own code')
+    add_dataset_source_arguments(group)
 
     group = parser.add_argument_group('Model')
     group.add_argument('--model', default='vt_resnet18', type=str, metavar='MODEL')

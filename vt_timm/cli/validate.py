@@ -30,7 +30,7 @@ from timm.utils import (
 import vt_timm  # noqa: F401  registers the VT-ResNets
 from vt_timm.tools.data import create_dataset, input_img_mode
 from vt_timm.cli.args import (
-    MODEL_DTYPES, add_amp_arguments, add_compile_arguments, add_unsupported_argument, check_compilers, check_inputs,
+    MODEL_DTYPES, add_amp_arguments, add_compile_arguments, add_dataset_source_arguments, add_unsupported_argument, check_compilers, check_inputs,
     check_mean_std, check_model_dtype, check_results_file, create_autocast, create_config_parser,
     parse_args_with_config,
 )
@@ -58,16 +58,7 @@ def create_parser() -> argparse.ArgumentParser:
     group.add_argument('--split', metavar='NAME', default='validation')
     group.add_argument('--num-samples', type=int, default=None, metavar='N',
                        help='evaluate a fixed random subset of N samples (as train.py --val-num-samples)')
-    group.add_argument('--dataset-download', action='store_true', default=False,
-                       help='let torch/ and tfds/ datasets download')
-    group.add_argument('--class-map', default='', type=str, metavar='FILE',
-                       help='class name per line (line number = class index) for folder datasets')
-    group.add_argument('--input-key', default=None, type=str, help='dataset key of the input images')
-    group.add_argument('--input-img-mode', default=None, type=str,
-                       help='PIL mode images are read in (default: L for 1 input channel, RGB for 3)')
-    group.add_argument('--target-key', default=None, type=str, help='dataset key of the target labels')
-    group.add_argument('--dataset-trust-remote-code', action='store_true', default=False,
-                       help="let a Hugging Face dataset run code from the dataset's repository")
+    add_dataset_source_arguments(group)
     group.add_argument('--seed', type=int, default=42, metavar='S',
                        help='random seed (timm.utils.random_seed), also of the --num-samples subset')
     group.add_argument('--real-labels', default='', type=str, metavar='FILENAME',
