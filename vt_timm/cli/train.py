@@ -40,8 +40,8 @@ from vt_timm.tools.data import create_dataset, input_img_mode
 from vt_timm.tools.evaluate import evaluate
 from vt_timm.tools.plot import plot_summary
 from vt_timm.cli.args import (
-    add_amp_arguments, add_dataset_source_arguments, add_unsupported_argument, amp_dtype, check_compilers, check_inputs, check_mean_std,
-    check_model_dtype, create_autocast, create_config_parser, parse_args_with_config,
+    add_amp_arguments, add_dataset_source_arguments, add_unsupported_argument, amp_dtype, check_compilers,
+    check_inputs, check_mean_std, check_model_dtype, create_autocast, create_config_parser, parse_args_with_config,
 )
 
 _logger = logging.getLogger('train')

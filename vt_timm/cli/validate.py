@@ -30,9 +30,9 @@ from timm.utils import (
 import vt_timm  # noqa: F401  registers the VT-ResNets
 from vt_timm.tools.data import create_dataset, input_img_mode
 from vt_timm.cli.args import (
-    MODEL_DTYPES, add_amp_arguments, add_compile_arguments, add_dataset_source_arguments, add_unsupported_argument, check_compilers, check_inputs,
-    check_mean_std, check_model_dtype, check_results_file, create_autocast, create_config_parser,
-    parse_args_with_config,
+    MODEL_DTYPES, add_amp_arguments, add_compile_arguments, add_dataset_source_arguments, add_unsupported_argument,
+    check_compilers, check_inputs, check_mean_std, check_model_dtype, check_results_file, create_autocast,
+    create_config_parser, parse_args_with_config,
 )
 from vt_timm.tools.checkpoints import create_model_from_checkpoint
 from vt_timm.tools.evaluate import evaluate
