@@ -112,12 +112,12 @@ def bad_checkpoints(root: Path, model: nn.Module, foreign: nn.Module, wrong_head
 # what the message says about each kind of checkpoint (after naming the file)
 CHECKPOINT_MESSAGES = {
     'truncated.pth': 'cannot be read as weights', 'empty.pth': 'cannot be read as weights',
-    'truncated.safetensors': 'cannot be read as weights', 'foreign.pth': 'does not fit .*Missing key',
+    'truncated.safetensors': 'cannot be read as weights', 'foreign.pth': 'does not fit .*missing key',
     # the segmentation model's cfg names no classifier, so its message shows the shapes only
-    'wrong_head.pth': r'does not fit .*(num_classes=5|param with shape torch.Size\(\[5)',
+    'wrong_head.pth': r'does not fit .*(num_classes=5|file \(5)',
     'exploit.pth': 'cannot be read as weights.*weights_only',
     'exploit_pickle.pth': 'cannot be read as weights.*weights_only',
-    'missing_key.safetensors': 'does not fit .*Missing key', 'extra_key.safetensors': 'does not fit .*Unexpected key',
+    'missing_key.safetensors': 'does not fit .*missing key', 'extra_key.safetensors': 'does not fit .*unexpected key',
 }
 
 

@@ -10,14 +10,19 @@ checkpointing are timm's; this script wires them together and adds CPU (gloo) di
 teacher loaded from a local checkpoint and runs that resume bit-identically from any epoch.
 """
 import argparse
+import contextlib
+import errno
 import importlib
 from importlib.util import find_spec
 import logging
+import math
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import timm
 import torch
 import yaml
@@ -31,14 +36,18 @@ from timm.task import (
     create_classification_loss, evaluation_sample_limit, load_task_ema_checkpoint, resume_task_checkpoint,
 )
 from timm.utils import (
-    CheckpointSaver, NativeScaler, ParseKwargs, dispatch_clip_grad, distribute_bn, get_outdir,
-    init_distributed_device, is_primary, random_seed, set_jit_fuser, setup_default_logging, update_summary,
+    NativeScaler, ParseKwargs, dispatch_clip_grad, distribute_bn, get_outdir, init_distributed_device, is_primary,
+    random_seed, set_jit_fuser, setup_default_logging,
 )
 
 import vt_timm  # noqa: F401  registers the VT-ResNets
+from vt_timm.tools.checkpoints import model_settings, read_checkpoint, state_dict_mismatch, state_dict_of
 from vt_timm.tools.data import create_dataset, input_img_mode
 from vt_timm.tools.evaluate import evaluate
+from vt_timm.tools.files import replacing
+from vt_timm.tools.interrupts import IgnoringStopSignals, stop_signals
 from vt_timm.tools.plot import plot_summary
+from vt_timm.tools.saving import AtomicCheckpointSaver, append_summary, checkpoint_epoch, trim_summary
 from vt_timm.cli.args import (
     add_amp_arguments, add_dataset_source_arguments, add_unsupported_argument, amp_dtype, check_compilers,
     check_inputs, check_mean_std, check_model_dtype, create_autocast, create_config_parser, parse_args_with_config,
@@ -230,6 +239,8 @@ def create_parser() -> argparse.ArgumentParser:
     group.add_argument('--recovery-interval', type=int, default=0, metavar='N',
                        help='updates between recovery checkpoints (0: none)')
     group.add_argument('--checkpoint-hist', type=int, default=10, metavar='N', help='checkpoints to keep')
+    group.add_argument('--skip-nonfinite-loss', action='store_true', default=False,
+                       help='skip (and count) an update whose loss is nan or inf instead of stopping the run')
     group.add_argument('-j', '--workers', type=int, default=4, metavar='N', help='data loading processes')
     group.add_argument('--save-images', action='store_true', default=False,
                        help='write the batch of every progress line as an image')
@@ -344,25 +355,21 @@ def mixup_kwargs(args: argparse.Namespace) -> Dict:
         num_classes=args.num_classes)
 
 
+def model_factory_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
+    """``timm.create_model`` keywords of the model flags (the weights' source aside)."""
+    in_chans = args.in_chans or (args.input_size[0] if args.input_size else None)
+    return dict(num_classes=args.num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path,
+                drop_block_rate=args.drop_block, global_pool=args.gp, scriptable=args.torchscript,
+                **({'in_chans': in_chans} if in_chans else {}), **args.model_kwargs)
+
+
 def create_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model as timm's train.py builds it: factory keywords from the flags, then the head initialisation,
     BatchNorm overrides, split BN and gradient checkpointing."""
-    in_chans = args.in_chans or (args.input_size[0] if args.input_size else None)
     factory_kwargs = dict(pretrained_cfg_overlay=dict(file=args.pretrained_path, num_classes=-1)) \
         if args.pretrained_path else {}
-    model = timm.create_model(
-        args.model,
-        pretrained=args.pretrained or bool(args.pretrained_path),
-        num_classes=args.num_classes,
-        drop_rate=args.drop,
-        drop_path_rate=args.drop_path,
-        drop_block_rate=args.drop_block,
-        global_pool=args.gp,
-        scriptable=args.torchscript,
-        **({'in_chans': in_chans} if in_chans else {}),
-        **factory_kwargs,
-        **args.model_kwargs,
-    )
+    model = timm.create_model(args.model, pretrained=args.pretrained or bool(args.pretrained_path),
+                              **model_factory_kwargs(args), **factory_kwargs)
     if args.initial_checkpoint:
         load_checkpoint(model, args.initial_checkpoint)
     with torch.no_grad():
@@ -383,6 +390,81 @@ def create_model(args: argparse.Namespace) -> torch.nn.Module:
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
     return model
+
+
+CHECKPOINT_FLAGS = ('resume', 'initial_checkpoint', 'pretrained_path', 'kd_checkpoint')
+
+
+def flag(dest: str) -> str:
+    return '--' + dest.replace('_', '-')
+
+
+def read_checkpoint_flags(args: argparse.Namespace) -> Dict[str, Any]:
+    """The files of ``--resume``, ``--initial-checkpoint``, ``--pretrained-path`` and ``--kd-checkpoint``,
+    read safely (tensors memory-mapped) before any work: one that cannot be read, or a ``--resume`` file that
+    is not a train.py checkpoint, exits naming the flag, the file and why."""
+    files = {}
+    for dest in CHECKPOINT_FLAGS:
+        if getattr(args, dest):
+            try:
+                files[dest] = read_checkpoint(getattr(args, dest), mmap=True)
+            except (OSError, ValueError) as e:
+                raise SystemExit(f'{flag(dest)}: {e}') from e
+    resume = files.get('resume')
+    if resume is not None and not (isinstance(resume, dict) and {'epoch', 'state_dict'} <= set(resume)):
+        raise SystemExit(f'--resume {args.resume}: expected a checkpoint written by train.py (weights, epoch and '
+                         'optimizer state); this file holds weights only: start from them with --initial-checkpoint')
+    return files
+
+
+def _cfg_keys(model: torch.nn.Module, field: str) -> Tuple[str, ...]:
+    names = (getattr(model, 'pretrained_cfg', None) or {}).get(field) or ()
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def check_checkpoints_fit(args: argparse.Namespace, files: Dict[str, Any]) -> None:
+    """Each checkpoint file fits what it is loaded into, checked on a weightless (meta) copy of the model and
+    teacher: ``--resume`` exactly, ``--initial-checkpoint`` exactly (timm loads it strictly), and
+    ``--pretrained-path`` up to the classifier and the first convolution's input channels, which timm adapts.
+    A file that does not fit exits naming the flag and the file, saying what differs and what to do."""
+    if not files:
+        return
+    model = timm.create_model(args.model, device='meta', **model_factory_kwargs(args))
+    classifier, stem = _cfg_keys(model, 'classifier'), tuple(f'{c}.weight' for c in _cfg_keys(model, 'first_conv'))
+
+    def fail(dest: str, target: torch.nn.Module, mismatch: str, remedy: str = '') -> None:
+        raise SystemExit(f'{flag(dest)} {getattr(args, dest)}: does not fit {model_settings(target)}: {mismatch}{remedy}')
+
+    expected = model.state_dict()
+    for dest in ('resume', 'initial_checkpoint', 'pretrained_path'):
+        if dest not in files:
+            continue
+        weights = state_dict_of(files[dest], getattr(args, dest))
+        if dest == 'pretrained_path':
+            mismatch = state_dict_mismatch(expected, weights, ignore=classifier, ignore_shape=stem)
+            if mismatch:
+                fail(dest, model, mismatch, "; only the classifier may differ (and the first convolution's input "
+                                            "channels, which timm adapts)")
+            continue
+        mismatch = state_dict_mismatch(expected, weights)
+        head = f'{classifier[0]}.weight' if classifier else None
+        if dest == 'initial_checkpoint' and mismatch and head in weights and \
+                not state_dict_mismatch(expected, weights, ignore=classifier):
+            raise SystemExit(f'--initial-checkpoint {args.initial_checkpoint}: its classifier has '
+                             f'{weights[head].shape[0]} classes, the model {expected[head].shape[0]}: pass '
+                             f'--num-classes {weights[head].shape[0]} to keep that head, or load the file with '
+                             '--pretrained-path')
+        if mismatch:
+            fail(dest, model, mismatch, '; resume with the model flags of the run that wrote it'
+                 if dest == 'resume' else '')
+    if 'kd_checkpoint' in files:
+        teacher = timm.create_model(args.kd_model_name, device='meta', num_classes=model.num_classes,
+                                    in_chans=getattr(model, 'in_chans', 3))
+        mismatch = state_dict_mismatch(teacher.state_dict(), state_dict_of(files['kd_checkpoint'], args.kd_checkpoint),
+                                       ignore_shape=tuple(f'{c}.weight' for c in _cfg_keys(teacher, 'first_conv')))
+        if mismatch:
+            raise SystemExit(f'--kd-checkpoint {args.kd_checkpoint}: does not fit the teacher '
+                             f'{model_settings(teacher)}: {mismatch}')
 
 
 def learning_rate(args: argparse.Namespace) -> float:
@@ -462,6 +544,9 @@ def create_loaders(args: argparse.Namespace, data_config: Dict, device: torch.de
     val_loader = create_loader(
         datasets[False], batch_size=args.validation_batch_size or args.batch_size, is_training=False,
         interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'], **common)
+    for loader in (train_loader, val_loader):
+        base = getattr(loader, 'loader', loader)  # timm's PrefetchLoader wraps the DataLoader
+        base.worker_init_fn = IgnoringStopSignals(base.worker_init_fn)
     return train_loader, val_loader
 
 
@@ -482,13 +567,61 @@ def loss_scale(args: argparse.Namespace, batch_size: int, reference_batch: float
     return ratio ** 0.5 if args.variable_batch_loss_scale == 'sqrt' else ratio
 
 
+class Diverged(Exception):
+    """The loss or the validated model is not finite (the message says where)."""
+
+
+class Stopped(Exception):
+    """A stop signal ended the run; ``checkpoint`` is the file to resume from."""
+
+    def __init__(self, signum: int, checkpoint: str):
+        super().__init__(f'{signal.Signals(signum).name} stopped the run')
+        self.signum, self.checkpoint = signum, checkpoint
+
+
+def agree(args: argparse.Namespace, device: torch.device, *flags: bool) -> List[bool]:
+    """Each flag OR-ed over the processes (one all-reduce), so that every process takes the same branch."""
+    if not args.distributed:
+        return list(flags)
+    values = torch.tensor(flags, dtype=torch.int32, device=device)
+    torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
+    return [bool(v) for v in values.tolist()]
+
+
+def reseed_after_batch(args: argparse.Namespace, epoch: int, batch_idx: int) -> None:
+    """Seed the random generators from (seed, epoch, batch) after each batch: what the next batch draws
+    (in-process augmentation, mixup, dropout, drop-path) then does not depend on the batches before it, so a
+    run resumed mid-epoch, which reads those batches without training on them, draws the same numbers."""
+    seed = int(np.random.SeedSequence([args.seed, epoch, batch_idx + 1]).generate_state(1)[0])
+    random_seed(seed, args.rank)
+
+
+def gather(args: argparse.Namespace, value: Any) -> List[Any]:
+    """``value`` of every process, in rank order."""
+    if not args.distributed:
+        return [value]
+    values = [None] * args.world_size
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+def stop_signal(received: List[int]) -> int:
+    return received[0] if received else signal.SIGTERM  # a stop agreed from another process
+
+
 def train_one_epoch(
         epoch: int, task, loader, optimizer, scheduler, args: argparse.Namespace, device: torch.device,
         autocast, loss_scaler: Optional[NativeScaler], num_updates: int, dtype: Optional[torch.dtype] = None,
-        mixup_fn: Optional[Callable] = None, saver: Optional[CheckpointSaver] = None,
-        output_dir: Optional[Path] = None,
+        mixup_fn: Optional[Callable] = None, saver: Optional[AtomicCheckpointSaver] = None,
+        output_dir: Optional[Path] = None, stop: Sequence[int] = (), position: Optional[Dict[str, Any]] = None,
 ) -> Tuple[Dict[str, float], int]:
-    """One pass over ``loader``; returns the epoch's mean losses and the new update count."""
+    """One pass over ``loader``; returns the epoch's mean losses and the new update count.
+
+    ``position`` (from a mid-epoch checkpoint) says how many batches of this epoch were already trained: they
+    are read but not trained on. A non-finite loss raises ``Diverged`` before its backward pass, or with
+    ``--skip-nonfinite-loss`` skips the update (the BatchNorm statistics its forward pass moved restored).
+    A stop signal (``stop``, filled by ``stop_signals``) ends the epoch after the current update with a
+    recovery checkpoint (``Stopped``); on the last update the epoch ends as usual."""
     if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
         if mixup_fn is not None:
             mixup_fn.mixup_enabled = False
@@ -498,10 +631,18 @@ def train_one_epoch(
     task.train()
     updates_per_epoch = (len(loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
     sums: Dict[str, float] = {}
-    seen = update_idx = 0
+    seen = update_idx = skipped = start_batch = 0
+    if position is not None:
+        start_batch, update_idx, skipped = position['batches'], position['epoch_updates'], position['skipped']
+        sums, seen = dict(position['sums'][args.rank]), position['seen'][args.rank]
+    buffers = list(task.get_trainable_module().buffers()) if args.skip_nonfinite_loss else []
+    skip_update = False
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     for batch_idx, (input, target) in enumerate(loader):
+        if batch_idx < start_batch:
+            reseed_after_batch(args, epoch, batch_idx)
+            continue
         if isinstance(input, (list, tuple)):  # AugMix splits without the prefetcher: split-major, as fast_collate
             input = torch.cat(input)
         input, target = input.to(device=device, dtype=dtype), target.to(device)
@@ -510,50 +651,128 @@ def train_one_epoch(
         if args.channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
         last_accum = (batch_idx + 1) % args.grad_accum_steps == 0 or batch_idx + 1 == len(loader)
+        saved_buffers = [b.clone() for b in buffers]
         with (nullcontext() if last_accum else task.no_sync()), autocast():
             result = task(input, target)
         loss = result['loss'] * loss_scale(args, input.shape[0], reference_batch) / args.grad_accum_steps
-        if loss_scaler is not None:
-            loss_scaler(loss, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
-                        parameters=task.get_clip_parameters(), need_update=last_accum)
-        else:
-            loss.backward()
-            if last_accum:
-                if args.clip_grad is not None:
-                    dispatch_clip_grad(task.get_clip_parameters(), value=args.clip_grad, mode=args.clip_mode)
-                optimizer.step()
-        for key, value in result.items():
-            if key.endswith('loss'):
-                sums[key] = sums.get(key, 0.) + value.item() * input.shape[0]
-        seen += input.shape[0]
-        if not last_accum:
-            continue
-        optimizer.zero_grad(set_to_none=True)
-        num_updates += 1
-        update_idx += 1
-        task.update_ema(step=num_updates)
-        if args.synchronize_step and device.type != 'cpu':
-            torch.accelerator.synchronize(device)
-        if is_primary(args) and (update_idx % args.log_interval == 0 or update_idx == updates_per_epoch):
-            now = time.perf_counter()
-            rate = seen * args.world_size / (now - start)
-            eta = (now - start) / update_idx * (updates_per_epoch - update_idx)
-            losses = '  '.join(f'{k} {v / seen:.4f}' for k, v in sums.items())
-            _logger.info(
-                f'epoch {epoch} [{update_idx}/{updates_per_epoch}]  {losses}  '
-                f'lr {optimizer.param_groups[0]["lr"]:.3e}  {rate:.1f} img/s  eta {eta:.0f}s')
-            if args.save_images and output_dir is not None:
-                import torchvision.utils
-                torchvision.utils.save_image(input.float(), output_dir / f'train-batch-{batch_idx}.jpg', padding=0,
-                                             normalize=True)
-        if saver is not None and args.recovery_interval and update_idx % args.recovery_interval == 0:
-            saver.save_recovery(epoch, batch_idx=update_idx - 1)
-        scheduler.step_update(num_updates=num_updates)
+        nonfinite, stopping = agree(args, device, not torch.isfinite(loss).item(), bool(stop))
+        if nonfinite:
+            where = f'epoch {epoch}, update {update_idx + 1}/{updates_per_epoch}'
+            if not args.skip_nonfinite_loss:
+                value = result['loss'].item()
+                raise Diverged(f'{where}: the loss is {value if not math.isfinite(value) else "not finite on another process"}')
+            for buffer, saved in zip(buffers, saved_buffers):
+                buffer.copy_(saved)
+            skip_update = True
+        elif not skip_update:
+            if loss_scaler is not None:
+                loss_scaler(loss, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                            parameters=task.get_clip_parameters(), need_update=last_accum)
+            else:
+                loss.backward()
+                if last_accum:
+                    if args.clip_grad is not None:
+                        dispatch_clip_grad(task.get_clip_parameters(), value=args.clip_grad, mode=args.clip_mode)
+                    optimizer.step()
+            for key, value in result.items():
+                if key.endswith('loss'):
+                    sums[key] = sums.get(key, 0.) + value.item() * input.shape[0]
+            seen += input.shape[0]
+        if last_accum:
+            optimizer.zero_grad(set_to_none=True)
+            num_updates += 1
+            update_idx += 1
+            if skip_update:
+                skipped += 1
+                if is_primary(args):
+                    _logger.warning(f'epoch {epoch}, update {update_idx}/{updates_per_epoch}: the loss is not finite: '
+                                    f'update skipped ({skipped} in this epoch)')
+            else:
+                task.update_ema(step=num_updates)
+            skip_update = False
+            if args.synchronize_step and device.type != 'cpu':
+                torch.accelerator.synchronize(device)
+            if is_primary(args) and (update_idx % args.log_interval == 0 or update_idx == updates_per_epoch):
+                now = time.perf_counter()
+                rate = seen * args.world_size / (now - start)
+                eta = (now - start) / update_idx * (updates_per_epoch - update_idx)
+                losses = '  '.join(f'{k} {v / max(seen, 1):.4f}' for k, v in sums.items())
+                _logger.info(
+                    f'epoch {epoch} [{update_idx}/{updates_per_epoch}]  {losses}  '
+                    f'lr {optimizer.param_groups[0]["lr"]:.3e}  {rate:.1f} img/s  eta {eta:.0f}s')
+                if args.save_images and output_dir is not None:
+                    import torchvision.utils
+                    torchvision.utils.save_image(input.float(), output_dir / f'train-batch-{batch_idx}.jpg',
+                                                 padding=0, normalize=True)
+            scheduler.step_update(num_updates=num_updates)
+            recovery_due = args.recovery_interval and update_idx % args.recovery_interval == 0
+            if update_idx < updates_per_epoch and (stopping or recovery_due):
+                here = dict(epoch=epoch, batches=batch_idx + 1, batches_per_epoch=len(loader),
+                            epoch_updates=update_idx, skipped=skipped)
+                path = save_position(args, saver, here, (epoch, update_idx - 1), num_updates, sums, seen, output_dir)
+                if stopping:
+                    if is_primary(args):
+                        _logger.info(f'{signal.Signals(stop_signal(stop)).name}: stopped at epoch {epoch}, update '
+                                     f'{update_idx}/{updates_per_epoch}; saved {path}: continue with --resume {path}')
+                    raise Stopped(stop_signal(stop), path)
+        reseed_after_batch(args, epoch, batch_idx)
     totals = torch.tensor([seen, *sums.values()], dtype=torch.float64, device=device)
     if args.distributed:
         torch.distributed.all_reduce(totals)  # epoch means over the samples of every process
     seen, *loss_sums = totals.tolist()
-    return {k: v / max(seen, 1) for k, v in zip(sums, loss_sums)}, num_updates
+    metrics = {k: v / max(seen, 1) for k, v in zip(sums, loss_sums)}
+    if args.skip_nonfinite_loss:
+        metrics['skipped_updates'] = skipped  # every process skips the same updates (agree)
+    return metrics, num_updates
+
+
+def save_position(args: argparse.Namespace, saver: Optional[AtomicCheckpointSaver], here: Dict[str, Any],
+                  done: Tuple[int, int], num_updates: int, sums: Dict[str, float], seen: int,
+                  output_dir: Optional[Path]) -> str:
+    """A recovery checkpoint (rank 0 writes it; named by timm's rule after ``done``, the epoch and update
+    index just completed) recording ``here``, where training goes on, and every process's running loss sums,
+    so that ``--resume`` continues from there bit for bit; returns its path ('' on other processes)."""
+    sums_seen = gather(args, (sums, seen))
+    path = ''
+    if saver is not None:
+        saver.position = dict(here, num_updates=num_updates, world_size=args.world_size,
+                              sums=[s for s, _ in sums_seen], seen=[n for _, n in sums_seen])
+        with run_files(here['epoch'], output_dir):
+            path = saver.save_recovery(*done)
+        saver.position = None
+    if args.distributed:
+        torch.distributed.barrier()  # no process stops before the checkpoint is written
+    return path
+
+
+@contextlib.contextmanager
+def run_files(epoch: int, output_dir: Path) -> Iterator[None]:
+    """Writing the run's files: an OSError (a full disk, a quota, a failing disk) exits naming the folder,
+    listing the checkpoints there (complete: every file is written aside and renamed) and how to go on."""
+    try:
+        yield
+    except OSError as e:
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        why = f'the disk is full ({e.strerror}: {e.filename})' if full else f'{e.strerror or e} ({e.filename})'
+        kept = ', '.join(sorted(p.name for p in output_dir.glob('*.pth.tar'))) or 'none yet'
+        last = output_dir / 'last.pth.tar'
+        then = f'continue with --resume {last}' if last.exists() else 'start the run again'
+        raise SystemExit(f'epoch {epoch}: writing into {output_dir} failed: {why}; the checkpoints there are '
+                         f'complete and untouched ({kept}): {"free space" if full else "fix that"}, then {then}') from e
+
+
+def last_good(output_dir: Optional[Path]) -> str:
+    """Where a diverged run can be resumed from, for its error message."""
+    remedy = 'a lower --lr, --clip-grad or --skip-nonfinite-loss'
+    last = output_dir / 'last.pth.tar' if output_dir is not None else None
+    epoch = checkpoint_epoch(last) if last is not None and last.exists() else None
+    if epoch is None:
+        return f'no checkpoint had been written yet: start again with {remedy}'
+    return f'{last} (epoch {epoch}) is the last good checkpoint, untouched; resume from it with {remedy}'
+
+
+def is_finite_model(model: torch.nn.Module) -> bool:
+    return all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
 
 
 def validate(model: torch.nn.Module, task, loader, args: argparse.Namespace, device: torch.device,
@@ -570,6 +789,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     for module in args.device_modules or ():
         importlib.import_module(module)
     check_args(args)
+    files = read_checkpoint_flags(args)
+    check_checkpoints_fit(args, files)
     device = init_distributed_device(args)
     check_sync_bn(args, device)
     random_seed(args.seed, args.rank)
@@ -599,13 +820,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     autocast = create_autocast(args, device.type)
     loss_scaler = NativeScaler(device=device.type) if args.amp and amp_dtype(args.amp_dtype) == torch.float16 else None
 
-    start_epoch = 0
-    if args.resume:
-        start_epoch = resume_task_checkpoint(
-            task, args.resume, optimizer=None if args.no_resume_opt else optimizer,
-            loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=is_primary(args)) or 0
+    start_epoch, position = resume(args, task, optimizer, loss_scaler, files['resume']) if args.resume else (0, None)
     if args.start_epoch is not None:
-        start_epoch = args.start_epoch  # as in timm: overrides the resumed epoch
+        start_epoch, position = args.start_epoch, None  # as in timm: overrides the resumed epoch
     if args.model_ema:
         task.setup_ema(decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                        device=torch.device('cpu') if args.model_ema_force_cpu else device)
@@ -619,12 +836,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
                                  broadcast_buffers=not args.no_ddp_bb)
 
     train_loader, val_loader = create_loaders(args, data_config, device, dtype)
+    if position is not None and position['batches_per_epoch'] != len(train_loader):
+        raise SystemExit(f'--resume {args.resume}: written mid-epoch with {position["batches_per_epoch"]} batches per '
+                         f'epoch, this run has {len(train_loader)}: resume with the data and batch flags of the run '
+                         'that wrote it')
     mixup_fn = Mixup(**mixup_kwargs(args)) if mixup_active(args) and args.no_prefetcher else None
     updates_per_epoch = (len(train_loader) + args.grad_accum_steps - 1) // args.grad_accum_steps
     scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args), updates_per_epoch=updates_per_epoch)
-    if start_epoch and args.sched_on_updates:
-        scheduler.step_update(start_epoch * updates_per_epoch)
+    num_updates = position['num_updates'] if position is not None else start_epoch * updates_per_epoch
+    if args.sched_on_updates and num_updates:
+        scheduler.step_update(num_updates)
     elif start_epoch:
         scheduler.step(start_epoch)
 
@@ -632,11 +854,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
     if is_primary(args):
         experiment = args.experiment or f'{time.strftime("%Y%m%d-%H%M%S")}-{args.model}'
         output_dir = Path(get_outdir(args.output, experiment))  # an existing one (a resumed run's) is reused
-        (output_dir / 'args.yaml').write_text(args_text)
-        saver = CheckpointSaver(
+        with replacing(output_dir / 'args.yaml') as tmp:
+            tmp.write_text(args_text)
+        saver = AtomicCheckpointSaver(
             model=model, optimizer=optimizer, amp_scaler=loss_scaler, checkpoint_dir=str(output_dir),
             recovery_dir=str(output_dir), decreasing='loss' in args.eval_metric,
             max_history=args.checkpoint_hist, task=task)
+        if args.resume and Path(args.resume).resolve().parent == output_dir.resolve():
+            saver.load_state_dict_from_checkpoint(args.resume)  # keep ranking and evicting as before
+            trim_summary(output_dir / 'summary.csv', start_epoch)  # rows of epochs that were not saved
         if args.log_wandb:
             import wandb
             wandb.init(project=args.wandb_project, name=experiment, config=vars(args), tags=args.wandb_tags,
@@ -646,31 +872,83 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
                      f'{args.world_size} process(es), output {output_dir}')
 
     eval_metrics: Dict[str, float] = {}
-    num_updates = start_epoch * updates_per_epoch
-    for epoch in range(start_epoch, num_epochs):
-        # data order, augmentation, dropout and drop-path of an epoch depend on (seed, epoch, rank)
-        # only, so a run resumed from the previous epoch's checkpoint replays this epoch exactly
-        random_seed(args.seed + epoch, args.rank)
-        set_loader_epoch(train_loader, epoch)
-        train_metrics, num_updates = train_one_epoch(
-            epoch, task, train_loader, optimizer, scheduler, args, device, autocast, loss_scaler, num_updates,
-            dtype, mixup_fn, saver, output_dir)
-        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-            distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
-        if (epoch + 1) % args.val_interval and epoch + 1 != num_epochs:  # timm: no evaluation, no checkpoint
-            scheduler.step(epoch + 1, None)
-            continue
-        eval_metrics = validate(task.get_eval_model(), task, val_loader, args, device, autocast, dtype)
-        if task.has_ema() and not args.model_ema_force_cpu:
-            ema_metrics = validate(task.get_eval_model(ema=True), task, val_loader, args, device, autocast, dtype)
-            eval_metrics.update({f'ema_{k}': v for k, v in ema_metrics.items()})
-        if is_primary(args):
-            _logger.info(f'epoch {epoch} validation: ' + '  '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
-            update_summary(epoch, train_metrics, eval_metrics, str(output_dir / 'summary.csv'),
+    with stop_signals(force_on_repeat=not args.distributed) as stop:
+        try:
+            for epoch in range(start_epoch, num_epochs):
+                # data order, augmentation, dropout and drop-path of an epoch depend on (seed, epoch, rank)
+                # only (and within it on the batch: reseed_after_batch), so a resumed run replays it exactly
+                random_seed(args.seed + epoch, args.rank)
+                set_loader_epoch(train_loader, epoch)
+                train_metrics, num_updates = train_one_epoch(
+                    epoch, task, train_loader, optimizer, scheduler, args, device, autocast, loss_scaler,
+                    num_updates, dtype, mixup_fn, saver, output_dir, stop,
+                    position if position is not None and position['epoch'] == epoch else None)
+                if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+                    distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
+                validated = (epoch + 1) % args.val_interval == 0 or epoch + 1 == num_epochs  # timm's rule
+                if validated:
+                    eval_metrics = validate_and_save(epoch, model, task, val_loader, train_metrics, optimizer, args,
+                                                     device, autocast, dtype, saver, output_dir)
+                scheduler.step(epoch + 1, eval_metrics[args.eval_metric] if validated else None)
+                if agree(args, device, bool(stop))[0] and epoch + 1 < num_epochs:
+                    path = str(output_dir / 'last.pth.tar') if validated and output_dir is not None else ''
+                    if not validated:  # the epoch's end as a recovery checkpoint: go on from the next one
+                        here = dict(epoch=epoch + 1, batches=0, batches_per_epoch=len(train_loader),
+                                    epoch_updates=0, skipped=0)
+                        path = save_position(args, saver, here, (epoch, updates_per_epoch - 1), num_updates, {}, 0,
+                                             output_dir)
+                    if is_primary(args):
+                        _logger.info(f'{signal.Signals(stop_signal(stop)).name}: stopped at the end of epoch '
+                                     f'{epoch}; saved {path}: continue with --resume {path}')
+                    raise Stopped(stop_signal(stop), path)
+        except Stopped as e:
+            raise SystemExit(128 + e.signum) from None
+        except Diverged as e:
+            raise SystemExit(f'{e}; nothing was saved from it: {last_good(output_dir)}' if is_primary(args)
+                             else str(e)) from None
+    return eval_metrics
+
+
+def resume(args: argparse.Namespace, task, optimizer: torch.optim.Optimizer, loss_scaler: Optional[NativeScaler],
+           checkpoint: Dict[str, Any]) -> Tuple[int, Optional[Dict[str, Any]]]:
+    """timm's ``resume_task_checkpoint``, keeping this command line's optimizer settings (``--lr``,
+    ``--weight-decay``, ...: timm's would keep the checkpoint's; the same flags resume bit-identically).
+    Returns the epoch to start at and, for a mid-epoch checkpoint, its position in that epoch."""
+    settings = [{k: v for k, v in group.items() if k != 'params'} for group in optimizer.param_groups]
+    start_epoch = resume_task_checkpoint(
+        task, args.resume, optimizer=None if args.no_resume_opt else optimizer,
+        loss_scaler=None if args.no_resume_opt else loss_scaler, log_info=is_primary(args)) or 0
+    for group, flags in zip(optimizer.param_groups, settings):
+        group.update(flags, initial_lr=flags['lr'])
+    position = (checkpoint.get('saver') or {}).get('position')
+    if position is None:
+        return start_epoch, None
+    if position['world_size'] != args.world_size:
+        raise SystemExit(f'--resume {args.resume}: written mid-epoch by {position["world_size"]} process(es), this '
+                         f'run has {args.world_size}: resume with as many (or from an epoch checkpoint, last.pth.tar)')
+    return position['epoch'], position
+
+
+def validate_and_save(epoch: int, model: torch.nn.Module, task, loader, train_metrics: Dict[str, float],
+                      optimizer: torch.optim.Optimizer, args: argparse.Namespace, device: torch.device, autocast,
+                      dtype: Optional[torch.dtype], saver: Optional[AtomicCheckpointSaver],
+                      output_dir: Optional[Path]) -> Dict[str, float]:
+    """Validate the model (and its EMA), then on rank 0 write the summary row, the curves and the checkpoint;
+    a model that validates to nan or holds non-finite weights raises ``Diverged`` before anything is written."""
+    eval_metrics = validate(task.get_eval_model(), task, loader, args, device, autocast, dtype)
+    if task.has_ema() and not args.model_ema_force_cpu:
+        ema_metrics = validate(task.get_eval_model(ema=True), task, loader, args, device, autocast, dtype)
+        eval_metrics.update({f'ema_{k}': v for k, v in ema_metrics.items()})
+    if not all(math.isfinite(v) for v in eval_metrics.values()) or not is_finite_model(model):
+        raise Diverged(f'epoch {epoch}: validation gave ' + ', '.join(f'{k} {v:.4g}' for k, v in eval_metrics.items())
+                       + ' (the model diverged)')
+    if is_primary(args):
+        _logger.info(f'epoch {epoch} validation: ' + '  '.join(f'{k} {v:.4f}' for k, v in eval_metrics.items()))
+        with run_files(epoch, output_dir):
+            append_summary(output_dir / 'summary.csv', epoch, train_metrics, eval_metrics,
                            lr=optimizer.param_groups[0]['lr'], log_wandb=args.log_wandb)
             plot_summary(output_dir / 'summary.csv')
             saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
-        scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
     return eval_metrics
 
 
