@@ -365,3 +365,19 @@ def test_distributed_sigterm_rank0_writes_and_resume_is_bit_identical(data_dir, 
     assert position['world_size'] == 2 and len(position['sums']) == len(position['seen']) == 2
     subprocess.run(command('run', '--resume', str(recovery)), check=True, capture_output=True, env=env, timeout=300)
     assert_same_run(tmp_path / 'straight', tmp_path / 'run')
+
+
+def test_a_run_writes_each_epoch_once_in_a_used_folder(data_dir, tmp_path, caplog):
+    """A run killed after its summary row but before its checkpoint, started again in the same folder without
+    --resume: summary.csv holds epoch 0 once (the stale row is dropped, and the log says so)."""
+    argv = ['-c', QUICKSTART, '--model', 'test_resnet', '--train-num-samples', '32', '--val-num-samples', '16',
+            '-b', '16', '-j', '0', '--epochs', '1', '--data-dir', data_dir, '--output', str(tmp_path),
+            '--experiment', 'run']
+    run_dir = tmp_path / 'run'
+    run_dir.mkdir()
+    (run_dir / 'summary.csv').write_text('epoch,train_loss,eval_loss\n0,9.0,9.0\n1,8.0,8.0\n')
+    caplog.set_level(logging.INFO, logger='train')
+    train.main(argv)
+    summary = read_summary(run_dir / 'summary.csv')
+    assert summary['epoch'] == [0] and summary['train_loss'] != [9.0]
+    assert 'summary.csv: dropped the rows of 2 epoch(s) from 0 on' in caplog.text

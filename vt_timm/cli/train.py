@@ -862,7 +862,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
             max_history=args.checkpoint_hist, task=task)
         if args.resume and Path(args.resume).resolve().parent == output_dir.resolve():
             saver.load_state_dict_from_checkpoint(args.resume)  # keep ranking and evicting as before
-            trim_summary(output_dir / 'summary.csv', start_epoch)  # rows of epochs that were not saved
+        dropped = trim_summary(output_dir / 'summary.csv', start_epoch)
+        if dropped:  # a run killed before it saved them, or an earlier run in this folder
+            _logger.info(f'summary.csv: dropped the rows of {dropped} epoch(s) from {start_epoch} on (not in the '
+                         'checkpoint this run starts from); they are written again')
         if args.log_wandb:
             import wandb
             wandb.init(project=args.wandb_project, name=experiment, config=vars(args), tags=args.wandb_tags,

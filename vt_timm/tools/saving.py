@@ -92,19 +92,22 @@ def append_summary(path: Union[str, Path], epoch: int, train_metrics: Dict[str, 
         update_summary(epoch, train_metrics, eval_metrics, str(tmp), lr=lr, log_wandb=log_wandb)
 
 
-def trim_summary(path: Union[str, Path], start_epoch: int) -> None:
-    """Drop the rows of epochs ``>= start_epoch`` (written by a run that stopped before it saved them) from a
-    ``summary.csv``, so that a resumed run writes each epoch once."""
+def trim_summary(path: Union[str, Path], start_epoch: int) -> int:
+    """Drop the rows of epochs ``>= start_epoch`` from a ``summary.csv`` (rows of a run that stopped before it
+    saved them, or of an earlier run in the folder), so that a run writes each epoch once; returns how many."""
     path = Path(path)
     if not path.exists():
-        return
+        return 0
     with open(path, newline='') as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
-        rows: List[Dict[str, str]] = [row for row in reader if row.get('epoch') and int(row['epoch']) < start_epoch]
-    with replacing(path) as tmp:
-        with open(tmp, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            if rows:
-                writer.writeheader()
-                writer.writerows(rows)
+        rows: List[Dict[str, str]] = list(reader)
+    kept = [row for row in rows if (row.get('epoch') or '').isdigit() and int(row['epoch']) < start_epoch]
+    if len(kept) < len(rows):
+        with replacing(path) as tmp:
+            with open(tmp, 'w', newline='') as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                if kept:
+                    writer.writeheader()
+                    writer.writerows(kept)
+    return len(rows) - len(kept)
