@@ -2,20 +2,25 @@
 """Where the VT stage's time goes, next to the ResNet layer4 it replaces (docs/benchmarks.md).
 
 For each depth, inference on the stride-16 map (batch x C x 14 x 14 at 224 px): ResNet-N's layer4,
-VT-ResNet-N's VT stage and each of its parts (lift, then per module tokenizer, relation,
-projector), timed alternately round by round (median), with their MACs (the project's counter)
-and the resulting GMAC/s. Two reference rows give this machine's rate for each kind of work:
-a plain fp32 GEMM at the shape of the VT's FFN (batch*L x C_T x C_T) and the 3x3 convolution of
-layer4 (512 channels at 7x7, or the bottleneck's 3x3 at 7x7).
+VT-ResNet-N's VT stage, the same stage on its reference paths (``fused_attn=False``: the equations
+as written) and each part of the stage (lift, then per module tokenizer, relation, projector), timed
+alternately round by round (median); then a training step of each stage (forward + backward on its
+own input, train mode), layer4's and the VT stage's timed alternately. MACs by the project's counter,
+in the paper's form (the equations as written; a training step's forward and backward) and as
+executed (the fast inference paths re-associate some products), with the resulting GMAC/s. Two
+reference rows give this machine's rate for each kind of work: a plain fp32 GEMM at the shape of
+the VT's FFN (batch*L x C_T x C_T) and the 3x3 convolution of layer4 (512 channels at 7x7, or the
+bottleneck's 3x3 at 7x7). A second table reads the ratios layer4 / VT stage per depth.
 
     python benchmarks/vt_stage.py [--threads 2] [-b 16] [--depths 18 34 50 101] [--markdown]
 """
+import copy
 import argparse
 import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -24,9 +29,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import vt_timm  # noqa: E402,F401  registers the models
-from vt_timm.tools.macs import count_call_macs, format_table  # noqa: E402
+from vt_timm.tools.macs import count_call_macs, format_table, reference_paths  # noqa: E402
 
-Run = Callable[[], torch.Tensor]
+Run = Callable[[], Any]
 
 
 def time_alternately(runs: Dict[str, Run], rounds: int, warmup: int = 3) -> Dict[str, float]:
@@ -43,11 +48,16 @@ def time_alternately(runs: Dict[str, Run], rounds: int, warmup: int = 3) -> Dict
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
-def stage_parts(depth: int, batch_size: int) -> Dict[str, Run]:
-    """Callables for ResNet-N's layer4, the VT stage and its parts, on a fixed random stride-16 map."""
+def stage_parts(depth: int, batch_size: int) -> Tuple[Dict[str, Run], Dict[str, Run], nn.Module]:
+    """Inference and training-step callables for ResNet-N's layer4, the VT stage (and, inference only, the
+    stage on its reference paths and its parts), on a fixed random stride-16 map; and the VT stage."""
     torch.manual_seed(0)
     resnet = timm.create_model(f'resnet{depth}').eval()
     vt = timm.create_model(f'vt_resnet{depth}').eval().vt
+    reference = copy.deepcopy(vt)
+    for m in reference.modules():
+        if hasattr(m, 'fused_attn'):
+            m.fused_attn = False
     x = torch.randn(batch_size, resnet.layer4[0].conv1.in_channels, 14, 14)
     with torch.no_grad():
         lifted = vt.lift(x.contiguous(memory_format=torch.channels_last))
@@ -56,15 +66,38 @@ def stage_parts(depth: int, batch_size: int) -> Dict[str, Run]:
             block_tokens.append(block.tokenizer(maps[-1], tokens[-1]))
             tokens.append(block.relation(block_tokens[-1]))
             maps.append(block.projector(maps[-1], tokens[-1]) if block.projector is not None else maps[-1])
-    runs: Dict[str, Run] = {f'resnet{depth} layer4': lambda: resnet.layer4(x), f'vt_resnet{depth} vt': lambda: vt(x)}
+    infer: Dict[str, Run] = {
+        f'resnet{depth} layer4': lambda: resnet.layer4(x),
+        f'vt_resnet{depth} vt': lambda: vt(x),
+        f'vt_resnet{depth} vt, reference paths': lambda: reference(x),
+    }
     if not isinstance(vt.lift, nn.Identity):
-        runs['- lift'] = lambda: vt.lift(x.contiguous(memory_format=torch.channels_last))
+        infer['- lift'] = lambda: vt.lift(x.contiguous(memory_format=torch.channels_last))
     for i, block in enumerate(vt.blocks):
-        runs[f'- {i} tokenizer'] = lambda b=block, m=maps[i], t=tokens[i]: b.tokenizer(m, t)
-        runs[f'- {i} relation'] = lambda b=block, t=block_tokens[i]: b.relation(t)
+        infer[f'- {i} tokenizer'] = lambda b=block, m=maps[i], t=tokens[i]: b.tokenizer(m, t)
+        infer[f'- {i} relation'] = lambda b=block, t=block_tokens[i]: b.relation(t)
         if block.projector is not None:
-            runs[f'- {i} projector'] = lambda b=block, m=maps[i], t=tokens[i + 1]: b.projector(m, t)
-    return runs
+            infer[f'- {i} projector'] = lambda b=block, m=maps[i], t=tokens[i + 1]: b.projector(m, t)
+    train = {
+        f'resnet{depth} layer4, training step': training_step(copy.deepcopy(resnet.layer4), x),
+        f'vt_resnet{depth} vt, training step': training_step(copy.deepcopy(vt), x),
+    }
+    return infer, train, vt
+
+
+def training_step(stage: nn.Module, x: torch.Tensor) -> Run:
+    """One forward + backward of ``stage`` (train mode) on ``x``, from a fixed random output gradient, with the
+    gradient of the input as in a whole network; gradients are reset, not accumulated."""
+    stage.train()
+    x = x.clone().requires_grad_(True)
+    with torch.no_grad():
+        grad = torch.randn_like(stage(x))
+
+    def run() -> None:
+        stage.zero_grad(set_to_none=True)
+        x.grad = None
+        stage(x).backward(grad)
+    return run
 
 
 def reference_runs(batch_size: int, token_chs: int = 1024, num_tokens: int = 16) -> Dict[str, Run]:
@@ -79,15 +112,44 @@ def reference_runs(batch_size: int, token_chs: int = 1024, num_tokens: int = 16)
     }
 
 
+def _rows(runs: Dict[str, Run], ms: Dict[str, float], paper: Dict[str, float],
+          executed: Dict[str, float]) -> List[List[str]]:
+    return [[name, f'{paper[name]:.1f}', f'{ms[name]:.2f}', f'{paper[name] / ms[name]:.0f}',
+             f'{executed[name]:.1f}', f'{executed[name] / ms[name]:.0f}'] for name in runs]
+
+
 def stage_table(depths: Sequence[int], batch_size: int, rounds: int) -> List[List[str]]:
-    rows = [['part', 'MMACs', 'ms', 'GMAC/s']]
-    with torch.inference_mode():
-        for depth in depths:
-            runs = {**stage_parts(depth, batch_size), **reference_runs(batch_size)}
-            macs = {name: count_call_macs(run)[0] / 1e6 for name, run in runs.items()}
-            ms = time_alternately(runs, rounds)
-            rows += [[name, f'{macs[name]:.1f}', f'{ms[name]:.2f}', f'{macs[name] / ms[name]:.0f}'] for name in runs]
+    """One row per timed part: name, MMACs (paper form), ms, GMAC/s, MMACs executed, GMAC/s executed."""
+    rows = [['part', 'MMACs', 'ms', 'GMAC/s', 'MMACs executed', 'GMAC/s executed']]
+    for depth in depths:
+        infer, train, vt = stage_parts(depth, batch_size)
+        infer.update(reference_runs(batch_size))
+        with reference_paths(vt):
+            paper = {name: count_call_macs(run)[0] / 1e6 for name, run in infer.items()}
+            paper.update({name: count_call_macs(run, grad=True)[0] / 1e6 for name, run in train.items()})
+        executed = {name: count_call_macs(run)[0] / 1e6 for name, run in infer.items()}
+        executed.update({name: count_call_macs(run, grad=True)[0] / 1e6 for name, run in train.items()})
+        with torch.inference_mode():
+            rows += _rows(infer, time_alternately(infer, rounds), paper, executed)
+        rows += _rows(train, time_alternately(train, rounds), paper, executed)
     return rows
+
+
+def ratio_table(rows: List[List[str]], depths: Sequence[int]) -> List[List[str]]:
+    """Per depth, layer4 / VT stage: MACs (paper form, executed) and time (inference, training step)."""
+    table = {r[0]: r for r in rows[1:]}
+    out = [['depth', 'MACs ratio (paper form)', 'MACs ratio (executed)', 'time ratio, inference',
+            'time ratio, training step', 'VT reference / fast paths, time']]
+    for depth in depths:
+        l4, vt = table[f'resnet{depth} layer4'], table[f'vt_resnet{depth} vt']
+        l4_train, vt_train = table[f'resnet{depth} layer4, training step'], table[f'vt_resnet{depth} vt, training step']
+        reference = table[f'vt_resnet{depth} vt, reference paths']
+        out.append([
+            str(depth), f'{float(l4[1]) / float(vt[1]):.2f}', f'{float(l4[4]) / float(vt[4]):.2f}',
+            f'{float(l4[2]) / float(vt[2]):.2f}', f'{float(l4_train[2]) / float(vt_train[2]):.2f}',
+            f'{float(reference[2]) / float(vt[2]):.2f}',
+        ])
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -99,9 +161,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('--markdown', action='store_true')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f'inference, batch {args.batch_size}, stride-16 map at 224 px, {args.threads} threads, '
+    print(f'inference and training step, batch {args.batch_size}, stride-16 map at 224 px, {args.threads} threads, '
           f'torch {torch.__version__}, timm {timm.__version__}\n')
-    print(format_table(stage_table(args.depths, args.batch_size, args.rounds), args.markdown))
+    rows = stage_table(args.depths, args.batch_size, args.rounds)
+    print(format_table(rows, args.markdown))
+    print('\nlayer4 / VT stage per depth\n')
+    print(format_table(ratio_table(rows, args.depths), args.markdown))
 
 
 if __name__ == '__main__':

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vt_timm.layers import ClusteringTokenizer, Projector
 from vt_timm.tools.macs import (
-    ABLATION_DEPTHS, PAPER_ABLATIONS, PAPER_TABLE2, PAPER_TABLE8, Profile, profile_model,
+    ABLATION_DEPTHS, PAPER_ABLATIONS, PAPER_TABLE2, PAPER_TABLE8, Profile, profile_model, reference_paths,
 )
 from vt_timm.cli.macs import main
 
@@ -22,14 +22,19 @@ def test_counter_matches_paper_convention_on_resnet18():
 
 
 def test_counter_includes_attention_matmuls():
-    """A projector's MACs equal its hand count, the two attention matmuls included."""
+    """A projector's MACs in the paper's form equal its hand count, the two attention matmuls included; its
+    inference path executes the logits as X (W_Q K^T): L d C for the filters instead of HW C d for the query."""
     C, CT, d, L, H, W = 32, 48, 16, 4, 5, 7
     proj = Projector(C, CT, qk_dim=d).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        proj(torch.randn(1, C, H, W), torch.randn(1, L, CT))
+    x, tokens = torch.randn(1, C, H, W), torch.randn(1, L, CT)
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), reference_paths(proj):
+        proj(x, tokens)
     HW = H * W
     expected = HW * C * d + L * CT * d + L * CT * C + HW * L * d + HW * L * C
     assert counter.get_total_flops() / 2 == expected
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        proj(x, tokens)
+    assert counter.get_total_flops() / 2 == expected - HW * C * d - HW * L * d + L * d * C + HW * C * L
 
 
 @pytest.mark.parametrize('name,table,tolerance', [

@@ -2,7 +2,7 @@
 import argparse
 from typing import Optional, Sequence
 
-from ..tools.macs import DEPTHS, ablation_table, format_table, model_table, profile_model, ratio_table
+from ..tools.macs import DEPTHS, ablation_table, executed_table, format_table, model_table, profile_model, ratio_table
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -18,6 +18,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(format_table(model_table(list(profiles.values())), args.markdown))
     print('\nResNet / VT-ResNet ratios next to the paper\'s Table 1 (stage 5 = ResNet layer4 vs the VT stage)\n')
     print(format_table(ratio_table(profiles), args.markdown))
+    print('\nMACs in the paper\'s form (the equations as written: what the tables above and the paper compare) '
+          'next to the MACs the inference fast paths execute (exact re-associations, e.g. the projector\'s '
+          'logits as X (W_Q (T W_K)^T); docs/benchmarks.md)\n')
+    print(format_table(executed_table(list(profiles.values())), args.markdown))
     print('\nAblation variants of VT-R18/34 next to the paper\'s Tables 3-7 (create_model kwargs); '
           'Δ = change from our default model, paper Δ = change from the paper\'s Table 2 row. '
           'Clustering counts its K-means (2 matmuls per Lloyd step, 3 steps), pooling its resize (2 matmuls)\n')

@@ -5,11 +5,31 @@ Paper: `Visual Transformers: Token-based Image Representation and Processing for
     - https://arxiv.org/abs/2006.03677 (Wu et al., v4 / ICCV 2021)
 """
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ['TokenNorm', 'TokenLinear', 'SpatialLogitNorm']
+__all__ = ['TokenNorm', 'TokenLinear', 'SpatialLogitNorm', 'bn_affine']
+
+
+def bn_affine(
+        running_mean: Optional[torch.Tensor],
+        running_var: Optional[torch.Tensor],
+        weight: Optional[torch.Tensor],
+        bias: Optional[torch.Tensor],
+        eps: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """An inference BatchNorm (its running statistics and affine parameters) as the per-channel affine map
+    ``x * scale + shift``: (scale, shift). Tensors in, not the module, so that TorchScript compiles the callers."""
+    assert running_mean is not None and running_var is not None, 'folding a BatchNorm needs its running statistics'
+    scale = torch.rsqrt(running_var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -running_mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
 
 
 class TokenNorm(nn.Module):
@@ -67,3 +87,11 @@ class SpatialLogitNorm(nn.Module):
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         return self.norm(logits - logits.mean(dim=1, keepdim=True))
+
+    def fold_into_filters(self, filters: torch.Tensor) -> torch.Tensor:
+        """Filters (..., L, C) whose logits ``filters X^T`` have the spatial softmax of ``S(filters X^T)`` in
+        inference: the centring across tokens is linear (it centres the filters) and the BN an affine map
+        per token, whose shift is constant over the pixels and cancels in the softmax; its scale stays."""
+        bn = self.norm
+        scale, _ = bn_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+        return (filters - filters.mean(dim=-2, keepdim=True)) * scale.unsqueeze(-1)

@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import use_fused_attn
 
 from .attention import _softmax
 from .norms import SpatialLogitNorm, TokenLinear, TokenNorm
@@ -39,7 +40,9 @@ class FilterTokenizer(nn.Module):
     """Filter-based tokenizer: a 1x1 conv W_A gives one spatial attention per token.
 
     ``T = BN(SOFTMAX_HW(S(X W_A))^T X W_V)`` with ``S`` the ``SpatialLogitNorm``; the token-wise W_V
-    (C -> C_T) exists only where the widths differ, the BN on the tokens always.
+    (C -> C_T) exists only where the widths differ, the BN on the tokens always. In inference
+    (``fused_attn``, the default) ``S`` folds into W_A (``SpatialLogitNorm.fold_into_filters``) and the
+    logits of all the batch's pixels are one GEMM; ``fused_attn=False`` runs the equation as written.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class FilterTokenizer(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        self.fused_attn = use_fused_attn()
         self.attn = nn.Conv2d(in_chs, num_tokens, 1, bias=False, **dd)  # W_A
         self.logit_norm = SpatialLogitNorm(num_tokens, **dd)
         self.value = _value_map(in_chs, token_chs, **dd)
@@ -61,7 +65,12 @@ class FilterTokenizer(nn.Module):
         return self.logit_norm(self.attn(x).flatten(2))
 
     def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.value(_spatial_softmax_gather(self.spatial_logits(x, tokens), x))
+        if self.fused_attn and not self.training and not self.logit_norm.norm.training:
+            # (L, C) @ (N, C, HW): one GEMM over all the batch's pixels for a channels-last map
+            logits = self.logit_norm.fold_into_filters(self.attn.weight.flatten(1)) @ x.flatten(2)
+        else:
+            logits = self.spatial_logits(x, tokens)
+        return self.value(_spatial_softmax_gather(logits, x))
 
 
 class RecurrentTokenizer(nn.Module):
@@ -70,7 +79,8 @@ class RecurrentTokenizer(nn.Module):
     ``W_R = T_in W_T->R``; ``T = BN(SOFTMAX_HW(S(X W_R^T / sqrt(C)))^T X W_V)``, ``S`` and W_V as in the
     filter tokenizer (centring the logits across tokens is centring T_in across tokens: they are linear
     in it). The 1/sqrt(C) of a dot product of two C-wide vectors keeps the logits near the unit variance
-    that ``S``'s BatchNorm starts its running statistics at.
+    that ``S``'s BatchNorm starts its running statistics at. In inference (``fused_attn``) ``S`` folds
+    into the filters (``SpatialLogitNorm.fold_into_filters``).
     """
 
     def __init__(
@@ -83,6 +93,7 @@ class RecurrentTokenizer(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        self.fused_attn = use_fused_attn()
         self.scale = in_chs ** -0.5
         self.token_to_filter = nn.Linear(token_chs, in_chs, bias=False, **dd)  # W_T->R
         self.logit_norm = SpatialLogitNorm(num_tokens, **dd)
@@ -95,7 +106,13 @@ class RecurrentTokenizer(nn.Module):
         return self.logit_norm((filters * self.scale) @ x.flatten(2))
 
     def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.value(_spatial_softmax_gather(self.spatial_logits(x, tokens), x))
+        if self.fused_attn and not self.training and not self.logit_norm.norm.training:
+            assert tokens is not None, 'RecurrentTokenizer needs the previous VT module\'s tokens'
+            filters = self.token_to_filter(tokens) * self.scale
+            logits = self.logit_norm.fold_into_filters(filters) @ x.flatten(2)
+        else:
+            logits = self.spatial_logits(x, tokens)
+        return self.value(_spatial_softmax_gather(logits, x))
 
 
 def token_grid(num_tokens: int) -> Tuple[int, int]:

@@ -10,14 +10,16 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.layers import ConvNormAct
+import torch.nn.functional as F
+from timm.layers import ConvNormAct, use_fused_attn
 from timm.models import checkpoint
 
+from .norms import bn_affine
 from .projector import Projector
 from .relations import RELATIONS, create_relation
 from .tokenizers import FIRST_TOKENIZERS, LATER_TOKENIZERS, create_tokenizer
 
-__all__ = ['VTCfg', 'VTBlock', 'VTStage', 'check_count']
+__all__ = ['VTCfg', 'VTBlock', 'VTStage', 'MapLift', 'check_count']
 
 
 def check_count(name: str, value: Any, least: int, unit: str) -> None:
@@ -120,6 +122,26 @@ def _check_heads(cfg: VTCfg, vt_chs: int, vt_depth: int) -> None:
                          f'one of {divisors[:12]}{" ..." * (len(divisors) > 12)}')
 
 
+class MapLift(ConvNormAct):
+    """timm's ``ConvNormAct`` (1x1 conv + BN + ReLU) that lifts the stage's input map to the VT width.
+
+    In inference (``fused_attn``, the default) the BN folds into the conv's weight and bias, so the
+    lifted map is written once by the conv and rectified in place; ``fused_attn=False`` or training
+    runs conv, BN and ReLU one by one.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
+        super().__init__(in_chs, out_chs, 1, device=device, dtype=dtype)
+        self.fused_attn = use_fused_attn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_attn and not self.training and not self.bn.training:
+            bn = self.bn
+            scale, shift = bn_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+            return bn.act(bn.drop(F.conv2d(x, self.conv.weight * scale.reshape(-1, 1, 1, 1), shift)))
+        return self.bn(self.conv(x))
+
+
 class VTStage(nn.Module):
     """A chain of VT modules over one feature map: by default filter tokenizer first, recurrent after.
 
@@ -155,7 +177,7 @@ class VTStage(nn.Module):
         drop_path_rates = drop_path_rates or [0.] * vt_depth
         self.num_tokens = cfg.num_tokens
         self.grad_checkpointing = False
-        self.lift = ConvNormAct(in_chs, vt_chs, 1, **dd) if in_chs != vt_chs else nn.Identity()
+        self.lift = MapLift(in_chs, vt_chs, **dd) if in_chs != vt_chs else nn.Identity()
         self.blocks = nn.ModuleList([
             VTBlock(
                 vt_chs,

@@ -10,10 +10,15 @@ similarities, HW x C x L, and the one-hot member sums, L x HW x C; argmax and no
 multiply-adds and are not counted); the pooling tokenizer's bilinear resize as its two separable
 weight matmuls.
 
+The counts are in the paper's form: the equations as written (every module's ``fused_attn`` off while
+counting, ``reference_paths``). The inference fast paths re-associate some products exactly and execute
+fewer MACs (the projector never builds its HW x d query); ``executed=True`` counts those.
+
     vt-macs [--img-size 224] [--markdown]
 """
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -73,40 +78,63 @@ ABLATION_DEPTHS = (18, 34)
 @dataclass
 class Profile:
     name: str
-    macs: float  # multiply-adds
+    macs: float  # multiply-adds, the paper's form
     params: int
     stage5_macs: float
+    executed_macs: float = 0.  # multiply-adds the inference fast paths execute
+    executed_stage5_macs: float = 0.
 
 
-def count_call_macs(run: Callable[[], Any]) -> Tuple[float, Dict[str, float]]:
-    """Multiply-adds of one call of ``run`` (no grad): (total, per-module totals keyed by the
-    counter's ``ClassName.child`` names)."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+@contextmanager
+def reference_paths(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` with every fast path off (each ``fused_attn`` False) inside the block, restored after: it
+    computes the equations as written, the form whose MACs the paper's tables count."""
+    switched = [m for m in model.modules() if getattr(m, 'fused_attn', False)]
+    for m in switched:
+        m.fused_attn = False
+    try:
+        yield model
+    finally:
+        for m in switched:
+            m.fused_attn = True
+
+
+def count_call_macs(run: Callable[[], Any], grad: bool = False) -> Tuple[float, Dict[str, float]]:
+    """Multiply-adds of one call of ``run`` (without autograd unless ``grad``, so that a training step's
+    backward counts too): (total, per-module totals keyed by the counter's ``ClassName.child`` names)."""
+    with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(grad):
         run()
     per_module = {name: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()}
     return counter.get_total_flops() / 2, per_module
 
 
 def count_macs(model: nn.Module, img_size: Union[int, Tuple[int, int]] = 224,
-               in_chans: Optional[int] = None) -> Tuple[float, Dict[str, float]]:
+               in_chans: Optional[int] = None, executed: bool = False) -> Tuple[float, Dict[str, float]]:
     """Multiply-adds of one image (``img_size`` square or (H, W); ``in_chans`` by default the model's, else 3)
-    through ``model``, on the model's device (``meta`` costs nothing): (total, per-module totals)."""
+    through ``model``, on the model's device (``meta`` costs nothing): (total, per-module totals). In the
+    paper's form (``reference_paths``), or as the model executes them with ``executed``."""
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     in_chans = in_chans or getattr(model, 'in_chans', 3)
     device = next(model.parameters()).device
-    return count_call_macs(lambda: model(torch.zeros(1, in_chans, *size, device=device)))
+    with nullcontext() if executed else reference_paths(model):
+        return count_call_macs(lambda: model(torch.zeros(1, in_chans, *size, device=device)))
 
 
 def profile_model(name: str, img_size: int = 224, **kwargs) -> Profile:
-    """MACs (total and stage 5) and parameters of a timm model at ``img_size``."""
+    """MACs (total and stage 5, in the paper's form and as executed in inference) and parameters of a timm
+    model at ``img_size``."""
     model = timm.create_model(name, device='meta', **kwargs).eval()
     macs, per_module = count_macs(model, img_size)
+    executed, executed_per_module = count_macs(model, img_size, executed=True)
     cls_name = type(model).__name__
+    stage5 = f'{cls_name}.{STAGE5.get(cls_name, "")}'
     return Profile(
         name=name,
         macs=macs,
         params=sum(p.numel() for p in model.parameters()),
-        stage5_macs=per_module.get(f'{cls_name}.{STAGE5.get(cls_name, "")}', 0.),
+        stage5_macs=per_module.get(stage5, 0.),
+        executed_macs=executed,
+        executed_stage5_macs=executed_per_module.get(stage5, 0.),
     )
 
 
@@ -149,6 +177,19 @@ def ratio_table(profiles: Dict[str, Profile]) -> List[List[str]]:
             f'{resnet.macs / vt.macs:.2f}x', f'{paper[0]:.2f}x',
             f'{resnet.stage5_macs / vt.stage5_macs:.2f}x', f'{paper[1]:.1f}x',
             f'{resnet.params / vt.params:.2f}x', f'{paper[2]:.2f}x',
+        ])
+    return rows
+
+
+def executed_table(profiles: Sequence[Profile]) -> List[List[str]]:
+    """Per model: MACs in the paper's form next to those the inference fast paths execute, total and stage 5."""
+    rows = [['model', 'MMACs (paper form)', 'MMACs executed', 'saved', 'stage-5 MMACs (paper form)',
+             'stage-5 MMACs executed', 'saved']]
+    for p in profiles:
+        rows.append([
+            p.name, f'{p.macs / 1e6:.1f}', f'{p.executed_macs / 1e6:.1f}', deviation(p.executed_macs, p.macs),
+            f'{p.stage5_macs / 1e6:.1f}', f'{p.executed_stage5_macs / 1e6:.1f}',
+            deviation(p.executed_stage5_macs, p.stage5_macs),
         ])
     return rows
 
