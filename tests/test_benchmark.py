@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from vt_timm.cli import benchmark
+from vt_timm.tools.macs import profile_model
 
 FAST = ['-b', '2', '--img-size', '64', '--num-warm-iter', '1', '--num-bench-iter', '2', '--threads', '1']
 
@@ -21,7 +22,21 @@ def test_compare_rows_and_ratios(tmp_path):
         assert ratio['throughput_ratio'] == pytest.approx(vt['img_per_sec'] / resnet['img_per_sec'], rel=2e-2)
         assert ratio['mac_ratio'] == pytest.approx(resnet['gmacs'] / vt['gmacs'], rel=2e-2)
         assert vt['img_per_sec'] == pytest.approx(2 / (vt['step_ms'] / 1e3), rel=2e-2)
+        # the stage the VT replaces, timed inside the same steps: a positive part of each step, more in training
+        assert 0 < vt['stage_ms'] < vt['step_ms'] and 0 < resnet['stage_ms'] < resnet['step_ms']
+        assert ratio['stage_time_ratio'] == pytest.approx(resnet['stage_ms'] / vt['stage_ms'], rel=2e-2)
+        profiles = [profile_model(name, 64) for name in ('resnet18', 'vt_resnet18')]
+        assert ratio['stage_mac_ratio'] == pytest.approx(profiles[0].stage5_macs / profiles[1].stage5_macs, rel=1e-3)
+    assert by_key['vt_resnet18', 'train']['stage_ms'] > by_key['vt_resnet18', 'infer']['stage_ms']
     assert by_key['vt_resnet18', 'train']['mparams'] == 11.70
+
+
+def test_compare_leaves_out_stage_times_where_hooks_would_mislead():
+    """--grad-checkpointing reruns forwards in backward: no stage columns rather than double-counted ones."""
+    rows = benchmark.main(['--compare', '--model-list', 'vt_resnet18', '--bench', 'train', '--grad-checkpointing',
+                           *FAST])
+    assert not any('stage_ms' in r or 'stage_time_ratio' in r for r in rows)
+    assert 'throughput_ratio' in rows[-1]
 
 
 def test_compare_times_the_resnet_at_the_vt_resnets_input_size():

@@ -14,7 +14,12 @@ memory) a bench is rerun at timm's next smaller batch size unless ``--no-retry``
 every VT-ResNet-N with timm's ResNet-N and times the two alternately at the VT-ResNet's input size,
 one iteration each, in one process, so both see the same machine load and their ratio is stable on a noisy machine; it reports
 the VT/ResNet throughput ratio next to the ResNet/VT MAC ratio (the VT stage is as efficient per MAC
-as the convolutions it replaces when the first is at least the second).
+as the convolutions it replaces when the first is at least the second), and beside them the same two
+ratios for the stage the VT replaces (ResNet's layer4 / the VT stage): its MACs in the paper's form and its
+time inside each timed step (hooks on the stage: its forward, and in training its backward), so the
+whole-model and per-stage figures come from one run (an eager model only: ``--torchscript``,
+``--torchcompile`` and ``--aot-autograd`` run no module hooks, and ``--grad-checkpointing`` reruns forwards
+in backward; these columns are left out there).
 
 Training memory: on CUDA the allocator's peak over a step; on CPU, where no allocator keeps
 statistics, the bytes a training step holds when its forward pass ends, counted exactly: weights,
@@ -28,7 +33,7 @@ import statistics
 import time
 from contextlib import nullcontext
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -46,7 +51,7 @@ from vt_timm.cli.args import (
 )
 from vt_timm.tools.checkpoints import is_model_name
 from vt_timm.tools.files import RESULTS_FORMATS, write_results
-from vt_timm.tools.macs import format_table, profile_model
+from vt_timm.tools.macs import STAGE5, Profile, format_table, profile_model
 
 _logger = logging.getLogger('benchmark')
 
@@ -143,6 +148,33 @@ def create_model_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
                 **args.model_kwargs)
 
 
+class StageTimer:
+    """Wall time one submodule takes inside a model's step: its forward (pre-hook to hook) and, when gradients
+    flow, its backward (full backward pre-hook to full backward hook), summed per step."""
+
+    def __init__(self, module: torch.nn.Module, now: Callable[[], float]):
+        self.now = now
+        self.step_times: List[float] = []
+        self._started = 0.
+        self._step = 0.
+        module.register_forward_pre_hook(self._start)
+        module.register_forward_hook(self._stop)
+        module.register_full_backward_pre_hook(self._start)
+        module.register_full_backward_hook(self._stop)
+
+    def _start(self, *_) -> None:
+        self._started = self.now()
+
+    def _stop(self, *_) -> None:
+        self._step += self.now() - self._started
+
+    def begin_step(self) -> None:
+        self._step = 0.
+
+    def end_step(self) -> None:
+        self.step_times.append(self._step)
+
+
 class Bench:
     """One model's timed step (inference or training) on a fixed random batch."""
 
@@ -174,6 +206,10 @@ class Bench:
             self.forward = memory_efficient_fusion(self.model)
         else:
             self.forward = self.model
+        stage = STAGE5.get(type(self.model).__name__)
+        recomputes = kind == 'train' and args.grad_checkpointing  # a recomputed forward would count twice
+        self.stage_timer = StageTimer(self.model.get_submodule(stage), self._now) \
+            if args.compare and stage and self.forward is self.model and not recomputes else None
         self.optimizer = create_optimizer_v2(
             self.model, **optimizer_kwargs(argparse.Namespace(**vars(args), lr=LR))) if kind == 'train' else None
         self.loss_fn = LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing else torch.nn.CrossEntropyLoss()
@@ -210,10 +246,14 @@ class Bench:
 
     def timed_step(self) -> None:
         marks: Optional[List[float]] = [] if self.args.detail and self.kind == 'train' else None
+        if self.stage_timer is not None:
+            self.stage_timer.begin_step()
         start = self._now()
         self.step(marks)
         end = self._now()
         self.times.append(end - start)
+        if self.stage_timer is not None:
+            self.stage_timer.end_step()
         if marks is not None:
             self.phases.append((marks[0] - start, marks[1] - marks[0], end - marks[1]))
 
@@ -245,6 +285,8 @@ class Bench:
     def result(self) -> Dict[str, float]:
         step = statistics.median(self.times)
         result = {'step_ms': 1e3 * step, 'img_per_sec': self.args.batch_size / step, 'peak_mb': self.peak_bytes / 2**20}
+        if self.stage_timer is not None:
+            result['stage_ms'] = 1e3 * statistics.median(self.stage_timer.step_times)
         if self.phases:
             result.update({f'{phase}_ms': 1e3 * statistics.median(times)
                            for phase, times in zip(('fwd', 'bwd', 'opt'), zip(*self.phases))})
@@ -306,6 +348,15 @@ def model_names(args: argparse.Namespace) -> List[str]:
     return names
 
 
+def stage_ratios(vt: Dict[str, float], resnet: Dict[str, float], vt_profile: Profile,
+                 resnet_profile: Profile) -> Dict[str, float]:
+    """layer4 / VT stage: time inside the step (where timed) and MACs in the paper's form."""
+    if 'stage_ms' not in vt:
+        return {}
+    return dict(stage_time_ratio=round(resnet['stage_ms'] / vt['stage_ms'], 3),
+                stage_mac_ratio=round(resnet_profile.stage5_macs / vt_profile.stage5_macs, 3))
+
+
 def benchmark(args: argparse.Namespace) -> List[Dict]:
     """One result row per model and bench (and, with --compare, per VT/ResNet pair)."""
     rows = []
@@ -325,7 +376,8 @@ def benchmark(args: argparse.Namespace) -> List[Dict]:
                 rows.append(dict(model=f'{name} / {group[1]}', bench=kind,
                                  throughput_ratio=round(vt['img_per_sec'] / resnet['img_per_sec'], 3),
                                  mac_ratio=round(profiles[group[1]].macs / profiles[name].macs, 3),
-                                 memory_ratio=round(vt['peak_mb'] / resnet['peak_mb'], 3)))
+                                 memory_ratio=round(vt['peak_mb'] / resnet['peak_mb'], 3),
+                                 **stage_ratios(vt, resnet, profiles[name], profiles[group[1]])))
     return rows
 
 
