@@ -30,14 +30,6 @@ if 'PYTEST_XDIST_WORKER_COUNT' in os.environ:
 PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket')
 
 
-def pytest_collection_modifyitems(items: list) -> None:
-    """Files with slow tests first (a stable sort: the order within each group stays): xdist's loadfile
-    hands out files in this order, so the minute-long ones start at once and the short ones fill the
-    workers' tails instead of a long file starting last on one worker while the other idles."""
-    slow_files = {item.path for item in items if item.get_closest_marker('slow')}
-    items.sort(key=lambda item: item.path not in slow_files)
-
-
 def load_photos(size: Tuple[int, int], num: int = 2, in_chans: int = 3) -> torch.Tensor:
     """The first ``num`` bundled scikit-image photos, resized to ``size`` and ImageNet-normalised."""
     import skimage.data
