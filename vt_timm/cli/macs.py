@@ -12,7 +12,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     names = [f'{prefix}resnet{d}' for d in DEPTHS for prefix in ('', 'vt_')]
-    profiles = {name: profile_model(name, args.img_size) for name in names}
+    profiles = {name: profile_model(name, args.img_size, executed=True) for name in names}
     print(f'MACs (multiply-adds) and parameters at {args.img_size}x{args.img_size}, 1000 classes; '
           f'T2/T8 = the paper\'s Tables 2 and 8, dev = our deviation from them\n')
     print(format_table(model_table(list(profiles.values())), args.markdown))

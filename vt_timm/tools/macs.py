@@ -81,8 +81,8 @@ class Profile:
     macs: float  # multiply-adds, the paper's form
     params: int
     stage5_macs: float
-    executed_macs: float = 0.  # multiply-adds the inference fast paths execute
-    executed_stage5_macs: float = 0.
+    executed_macs: Optional[float] = None  # multiply-adds the inference fast paths execute (if counted)
+    executed_stage5_macs: Optional[float] = None
 
 
 @contextmanager
@@ -120,22 +120,19 @@ def count_macs(model: nn.Module, img_size: Union[int, Tuple[int, int]] = 224,
         return count_call_macs(lambda: model(torch.zeros(1, in_chans, *size, device=device)))
 
 
-def profile_model(name: str, img_size: int = 224, **kwargs) -> Profile:
-    """MACs (total and stage 5, in the paper's form and as executed in inference) and parameters of a timm
-    model at ``img_size``."""
+def profile_model(name: str, img_size: int = 224, executed: bool = False, **kwargs) -> Profile:
+    """MACs (total and stage 5) in the paper's form, with ``executed`` also as the inference fast paths execute
+    them, and parameters of a timm model at ``img_size``."""
     model = timm.create_model(name, device='meta', **kwargs).eval()
     macs, per_module = count_macs(model, img_size)
-    executed, executed_per_module = count_macs(model, img_size, executed=True)
     cls_name = type(model).__name__
     stage5 = f'{cls_name}.{STAGE5.get(cls_name, "")}'
-    return Profile(
-        name=name,
-        macs=macs,
-        params=sum(p.numel() for p in model.parameters()),
-        stage5_macs=per_module.get(stage5, 0.),
-        executed_macs=executed,
-        executed_stage5_macs=executed_per_module.get(stage5, 0.),
-    )
+    profile = Profile(name=name, macs=macs, params=sum(p.numel() for p in model.parameters()),
+                      stage5_macs=per_module.get(stage5, 0.))
+    if executed:
+        profile.executed_macs, executed_per_module = count_macs(model, img_size, executed=True)
+        profile.executed_stage5_macs = executed_per_module.get(stage5, 0.)
+    return profile
 
 
 def deviation(value: float, reference: Optional[float]) -> str:
@@ -182,7 +179,8 @@ def ratio_table(profiles: Dict[str, Profile]) -> List[List[str]]:
 
 
 def executed_table(profiles: Sequence[Profile]) -> List[List[str]]:
-    """Per model: MACs in the paper's form next to those the inference fast paths execute, total and stage 5."""
+    """Per model (profiled with ``executed``): MACs in the paper's form next to those the inference fast paths
+    execute, total and stage 5."""
     rows = [['model', 'MMACs (paper form)', 'MMACs executed', 'saved', 'stage-5 MMACs (paper form)',
              'stage-5 MMACs executed', 'saved']]
     for p in profiles:
