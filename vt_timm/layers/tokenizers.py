@@ -99,17 +99,18 @@ class RecurrentTokenizer(nn.Module):
         self.logit_norm = SpatialLogitNorm(num_tokens, **dd)
         self.value = _value_map(in_chs, token_chs, **dd)
 
+    def filters(self, tokens: Optional[torch.Tensor]) -> torch.Tensor:
+        """``W_R / sqrt(C) = T_in W_T->R / sqrt(C)`` from the previous tokens: (N, L, C)."""
+        assert tokens is not None, 'RecurrentTokenizer needs the previous VT module\'s tokens'
+        return self.token_to_filter(tokens) * self.scale
+
     def spatial_logits(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Pre-softmax spatial attention (N, L, HW) computed from the previous tokens."""
-        assert tokens is not None, 'RecurrentTokenizer needs the previous VT module\'s tokens'
-        filters = self.token_to_filter(tokens)  # (N, L, C)
-        return self.logit_norm((filters * self.scale) @ x.flatten(2))
+        return self.logit_norm(self.filters(tokens) @ x.flatten(2))
 
     def forward(self, x: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.fused_attn and not self.training and not self.logit_norm.norm.training:
-            assert tokens is not None, 'RecurrentTokenizer needs the previous VT module\'s tokens'
-            filters = self.token_to_filter(tokens) * self.scale
-            logits = self.logit_norm.fold_into_filters(filters) @ x.flatten(2)
+            logits = self.logit_norm.fold_into_filters(self.filters(tokens)) @ x.flatten(2)
         else:
             logits = self.spatial_logits(x, tokens)
         return self.value(_spatial_softmax_gather(logits, x))
