@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 from timm.layers import ConvNormAct, DropPath
+from torch.utils.flop_counter import FlopCounterMode
 
 from reference import (
     randomize_bn_, prepared, rand_map, rand_tokens, pixels, ref_softmax, ref_bn, ref_attention,
@@ -22,7 +23,7 @@ from reference import (
 )
 from vt_timm.layers import (
     FilterTokenizer, Projector, RecurrentTokenizer, SpatialLogitNorm, TokenLinear, TokenNorm, TokenTransformer,
-    VTBlock, VTCfg, VTStage, init_vt_weights, token_attention,
+    TokenwiseLinear, VTBlock, VTCfg, VTStage, init_vt_weights, token_attention,
 )
 
 
@@ -34,6 +35,35 @@ from vt_timm.layers import (
 @pytest.fixture(autouse=True)
 def seed():
     torch.manual_seed(0)
+
+
+# --------------------------------------------------------------------------------------------
+# 0. the token-wise linear map
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('bias', [False, True])
+@pytest.mark.parametrize('contiguous', [True, False])
+def test_tokenwise_linear_is_nn_linear_run_as_a_convolution(bias, contiguous):
+    torch.manual_seed(0)
+    linear = nn.Linear(C, 24, bias=bias)
+    tokenwise = TokenwiseLinear(C, 24, bias=bias)
+    tokenwise.load_state_dict(linear.state_dict())  # the same parameters and state dict
+    tokens = torch.randn(N, L, C) if contiguous else torch.randn(N, C, L).transpose(1, 2)
+    grad = torch.randn(N, L, 24)
+    outputs, grads = [], []
+    for module in (linear, tokenwise):
+        x = tokens.clone().requires_grad_()
+        with FlopCounterMode(display=False) as counter:
+            out = module(x)
+        out.backward(grad)
+        outputs.append(out)
+        grads.append((x.grad, module.weight.grad))
+        ops = {str(op) for op in counter.get_flop_counts()['Global']}
+    assert ops == {'aten.convolution'}, ops  # the token rows go through the convolution, no BLAS GEMM
+    assert outputs[1].shape == (N, L, 24) and outputs[1].is_contiguous()
+    torch.testing.assert_close(outputs[1], outputs[0], **TOL32)
+    for reference, value in zip(grads[0], grads[1]):
+        torch.testing.assert_close(value, reference, **TOL32)
 
 
 # --------------------------------------------------------------------------------------------

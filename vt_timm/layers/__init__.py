@@ -33,7 +33,7 @@ Where each part lives: ``tokenizers`` (filter, recurrent, clustering, pooling), 
 and the stage), ``weight_init``, ``norms`` (token BN, token-wise linear maps, the logit norm) and ``attention``.
 """
 from .attention import token_attention
-from .norms import SpatialLogitNorm, TokenLinear, TokenNorm, bn_affine
+from .norms import SpatialLogitNorm, TokenLinear, TokenNorm, TokenwiseLinear, bn_affine
 from .projector import Projector
 from .relations import RELATIONS, TokenGraphConv, TokenTransformer, create_relation
 from .tokenizers import (
@@ -44,7 +44,7 @@ from .vt_block import MapLift, VTBlock, VTCfg, VTStage
 from .weight_init import init_conv_weights, init_vt_weights
 
 __all__ = [
-    'token_attention', 'bn_affine', 'MapLift', 'TokenNorm', 'TokenLinear', 'SpatialLogitNorm', 'FilterTokenizer', 'RecurrentTokenizer',
+    'token_attention', 'bn_affine', 'MapLift', 'TokenNorm', 'TokenwiseLinear', 'TokenLinear', 'SpatialLogitNorm', 'FilterTokenizer', 'RecurrentTokenizer',
     'ClusteringTokenizer', 'PoolingTokenizer', 'TokenTransformer', 'TokenGraphConv', 'Projector', 'VTCfg', 'VTBlock',
     'VTStage', 'create_tokenizer', 'create_relation', 'spherical_kmeans', 'token_grid', 'init_vt_weights',
     'init_conv_weights',

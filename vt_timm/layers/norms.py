@@ -1,5 +1,6 @@
 """The norms of the VT modules: BatchNorm over tokens, token-wise linear maps with their BN, and the
-tokenizers' logit norm S(Z) = BN_L(Z - mean_L Z) with its temperature (docs/architecture.md choices 9, 19).
+tokenizers' logit norm S(Z) = BN_L(Z - mean_L Z) with its temperature (docs/architecture.md choices 9, 19), and the
+token-wise linear map they share (choice 21).
 
 Paper: `Visual Transformers: Token-based Image Representation and Processing for Computer Vision`
     - https://arxiv.org/abs/2006.03677 (Wu et al., v4 / ICCV 2021)
@@ -9,8 +10,9 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-__all__ = ['TokenNorm', 'TokenLinear', 'SpatialLogitNorm', 'bn_affine']
+__all__ = ['TokenNorm', 'TokenwiseLinear', 'TokenLinear', 'SpatialLogitNorm', 'bn_affine']
 
 
 def bn_affine(
@@ -43,13 +45,31 @@ class TokenNorm(nn.Module):
         return self.bn(x.flatten(0, 1)).reshape(x.shape)
 
 
+class TokenwiseLinear(nn.Linear):
+    """``nn.Linear`` on (N, L, C_in) tokens, computed as a 1x1 convolution over the batch's N L tokens.
+
+    The same function, parameters and state dict as ``nn.Linear``; the GEMM runs in the convolution
+    library (oneDNN on CPU, cuDNN on CUDA), as the convolutions of the stage it replaces do, instead of
+    the BLAS: on CPUs where the BLAS takes a slower code path than oneDNN (MKL on AMD CPUs runs at half
+    of oneDNN's rate, docs/benchmarks.md) the token maps keep the convolutions' rate. The (N L, C_in)
+    rows are viewed as a channels-last (1, C_in, 1, N L) image and the output comes back in the same
+    layout, so nothing is copied.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        N, L, C = x.shape
+        rows = x.reshape(1, 1, N * L, C).permute(0, 3, 1, 2)  # (1, C_in, 1, N L), channels-last strides
+        out = F.conv2d(rows, self.weight[:, :, None, None], self.bias)
+        return out.permute(0, 2, 3, 1).reshape(N, L, self.out_features)
+
+
 class TokenLinear(nn.Module):
     """Token-wise linear map followed by BatchNorm over the channel axis of (N, L, C) tokens."""
 
     def __init__(self, in_features: int, out_features: int, device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.fc = nn.Linear(in_features, out_features, bias=False, **dd)
+        self.fc = TokenwiseLinear(in_features, out_features, bias=False, **dd)
         self.norm = TokenNorm(out_features, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch.nn as nn
 from timm.layers import ConvNormAct, DropPath, use_fused_attn
 
 from .attention import _check_num_heads, _merge_heads, _softmax, _split_heads
-from .norms import TokenLinear, bn_affine
+from .norms import TokenLinear, TokenwiseLinear, bn_affine
 
 __all__ = ['Projector']
 
@@ -49,7 +49,7 @@ class Projector(nn.Module):
         self.fused_attn = use_fused_attn()
         self.query = ConvNormAct(in_chs, qk_dim, 1, apply_act=False, **dd)  # W_Q + BN, on pixels
         self.key = TokenLinear(token_chs, qk_dim, **dd)  # W_K + BN, on tokens
-        self.value = nn.Linear(token_chs, in_chs, bias=False, **dd) if token_chs != in_chs else nn.Identity()
+        self.value = TokenwiseLinear(token_chs, in_chs, bias=False, **dd) if token_chs != in_chs else nn.Identity()
         self.norm = nn.BatchNorm2d(in_chs, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 from timm.layers import DropPath, use_fused_attn
 
 from .attention import _check_num_heads, token_attention
-from .norms import TokenLinear, TokenNorm
+from .norms import TokenLinear, TokenNorm, TokenwiseLinear
 
 __all__ = ['TokenTransformer', 'TokenGraphConv', 'create_relation', 'RELATIONS']
 
@@ -100,7 +100,7 @@ class TokenGraphConv(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.adjacency = nn.Parameter(torch.eye(num_tokens, **dd))  # A_g
-        self.mix = nn.Linear(dim, dim, bias=False, **dd)  # W_g
+        self.mix = TokenwiseLinear(dim, dim, bias=False, **dd)  # W_g
         self.act = nn.ReLU(inplace=True)
         self.norm = TokenNorm(dim, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()

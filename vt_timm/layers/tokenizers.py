@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.layers import use_fused_attn
 
 from .attention import _softmax
-from .norms import SpatialLogitNorm, TokenLinear, TokenNorm
+from .norms import SpatialLogitNorm, TokenLinear, TokenNorm, TokenwiseLinear
 
 __all__ = [
     'FilterTokenizer', 'RecurrentTokenizer', 'ClusteringTokenizer', 'PoolingTokenizer', 'create_tokenizer',
@@ -95,7 +95,7 @@ class RecurrentTokenizer(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         self.fused_attn = use_fused_attn()
         self.scale = in_chs ** -0.5
-        self.token_to_filter = nn.Linear(token_chs, in_chs, bias=False, **dd)  # W_T->R
+        self.token_to_filter = TokenwiseLinear(token_chs, in_chs, bias=False, **dd)  # W_T->R
         self.logit_norm = SpatialLogitNorm(num_tokens, **dd)
         self.value = _value_map(in_chs, token_chs, **dd)
 
