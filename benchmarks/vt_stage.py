@@ -12,7 +12,11 @@ reference rows give this machine's rate for each kind of work: a plain fp32 GEMM
 the VT's FFN (batch*L x C_T x C_T) and the 3x3 convolution of layer4 (512 channels at 7x7, or the
 bottleneck's 3x3 at 7x7). A second table reads the ratios layer4 / VT stage per depth.
 
-    python benchmarks/vt_stage.py [--threads 2] [-b 16] [--depths 18 34 50 101] [--markdown]
+``--compile`` times layer4, the VT stage (fast and reference paths) and both training steps through
+``torch.compile`` (inductor, each module compiled on its own; MACs are counted on the same modules
+uncompiled); the parts and the two rows of this machine's GEMM and convolution rates are then left out.
+
+    python benchmarks/vt_stage.py [--threads 2] [-b 16] [--depths 18 34 50 101] [--compile] [--markdown]
 """
 import copy
 import argparse
@@ -49,9 +53,14 @@ def time_alternately(runs: Dict[str, Run], rounds: int, warmup: int = 3) -> Dict
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
-def stage_parts(depth: int, batch_size: int) -> Tuple[Dict[str, Run], Dict[str, Run], nn.Module]:
+def stage_parts(
+        depth: int,
+        batch_size: int,
+        compiled: bool = False,
+) -> Tuple[Dict[str, Run], Dict[str, Run], Dict[str, Run], Dict[str, Run], nn.Module]:
     """Inference and training-step callables for ResNet-N's layer4, the VT stage (and, inference only, the
-    stage on its reference paths and its parts), on a fixed random stride-16 map; and the VT stage."""
+    stage on its reference paths and, uncompiled, its parts), on a fixed random stride-16 map, twice: to
+    time (through ``torch.compile`` if ``compiled``) and to count MACs (uncompiled); and the VT stage."""
     torch.manual_seed(0)
     resnet = timm.create_model(f'resnet{depth}').eval()
     vt = timm.create_model(f'vt_resnet{depth}').eval().vt
@@ -68,6 +77,16 @@ def stage_parts(depth: int, batch_size: int) -> Tuple[Dict[str, Run], Dict[str, 
         f'vt_resnet{depth} vt': lambda: vt(x),
         f'vt_resnet{depth} vt, reference paths': partial(reference_call, vt, x),
     }
+    train = {
+        f'resnet{depth} layer4, training step': training_step(copy.deepcopy(resnet.layer4), x),
+        f'vt_resnet{depth} vt, training step': training_step(copy.deepcopy(vt), x),
+    }
+    if compiled:
+        layer4, stage = torch.compile(resnet.layer4), torch.compile(vt)
+        timed_infer = dict(zip(infer, (partial(layer4, x), partial(stage, x), partial(reference_call, stage, x))))
+        timed_train = {name: training_step(torch.compile(copy.deepcopy(module)), x)
+                       for name, module in zip(train, (resnet.layer4, vt))}
+        return timed_infer, infer, timed_train, train, vt
     if not isinstance(vt.lift, nn.Identity):
         infer['- lift'] = lambda: vt.lift(x.contiguous(memory_format=torch.channels_last))
     for i, block in enumerate(vt.blocks):
@@ -75,11 +94,7 @@ def stage_parts(depth: int, batch_size: int) -> Tuple[Dict[str, Run], Dict[str, 
         infer[f'- {i} relation'] = lambda b=block, t=block_tokens[i]: b.relation(t)
         if block.projector is not None:
             infer[f'- {i} projector'] = lambda b=block, m=maps[i], t=tokens[i + 1]: b.projector(m, t)
-    train = {
-        f'resnet{depth} layer4, training step': training_step(copy.deepcopy(resnet.layer4), x),
-        f'vt_resnet{depth} vt, training step': training_step(copy.deepcopy(vt), x),
-    }
-    return infer, train, vt
+    return infer, infer, train, train, vt
 
 
 def reference_call(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -121,17 +136,18 @@ def _rows(runs: Dict[str, Run], ms: Dict[str, float], paper: Dict[str, float],
              f'{executed[name]:.1f}', f'{executed[name] / ms[name]:.0f}'] for name in runs]
 
 
-def stage_table(depths: Sequence[int], batch_size: int, rounds: int) -> List[List[str]]:
+def stage_table(depths: Sequence[int], batch_size: int, rounds: int, compiled: bool = False) -> List[List[str]]:
     """One row per timed part: name, MMACs (paper form), ms, GMAC/s, MMACs executed, GMAC/s executed."""
     rows = [['part', 'MMACs', 'ms', 'GMAC/s', 'MMACs executed', 'GMAC/s executed']]
     for depth in depths:
-        infer, train, vt = stage_parts(depth, batch_size)
-        infer.update(reference_runs(batch_size))
+        infer, counted_infer, train, counted_train, vt = stage_parts(depth, batch_size, compiled)
+        if not compiled:
+            infer.update(reference_runs(batch_size))
         with reference_paths(vt):
-            paper = {name: count_call_macs(run)[0] / 1e6 for name, run in infer.items()}
-        executed = {name: count_call_macs(run)[0] / 1e6 for name, run in infer.items()}
-        for name, run in train.items():  # a training step runs the written equations: one count for both
-            paper[name] = executed[name] = count_call_macs(run, grad=True)[0] / 1e6
+            paper = {name: count_call_macs(counted_infer[name])[0] / 1e6 for name in infer}
+        executed = {name: count_call_macs(counted_infer[name])[0] / 1e6 for name in infer}
+        for name in train:  # a training step runs the written equations: one count for both
+            paper[name] = executed[name] = count_call_macs(counted_train[name], grad=True)[0] / 1e6
         with torch.inference_mode():
             rows += _rows(infer, time_alternately(infer, rounds), paper, executed)
         rows += _rows(train, time_alternately(train, rounds), paper, executed)
@@ -161,12 +177,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument('-b', '--batch-size', type=int, default=16)
     parser.add_argument('--depths', type=int, nargs='+', default=[18, 34, 50, 101], choices=(18, 34, 50, 101))
     parser.add_argument('--rounds', type=int, default=15, help='timed calls per part (median)')
+    parser.add_argument('--compile', action='store_true', help='time the stages through torch.compile (inductor)')
     parser.add_argument('--markdown', action='store_true')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f'inference and training step, batch {args.batch_size}, stride-16 map at 224 px, {args.threads} threads, '
-          f'torch {torch.__version__}, timm {timm.__version__}\n')
-    rows = stage_table(args.depths, args.batch_size, args.rounds)
+          f'{"torch.compile (inductor)" if args.compile else "eager"}, torch {torch.__version__}, '
+          f'timm {timm.__version__}\n')
+    rows = stage_table(args.depths, args.batch_size, args.rounds, args.compile)
     print(format_table(rows, args.markdown))
     print('\nlayer4 / VT stage per depth\n')
     print(format_table(ratio_table(rows, args.depths), args.markdown))

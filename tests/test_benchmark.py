@@ -101,3 +101,21 @@ def test_vt_stage_table_parts_add_up():
     assert mmacs['resnet18 layer4'] == pytest.approx(2 * 411.0, rel=1e-2)  # the paper's 411 MMACs per image
     assert len([n for n in rows if n.startswith('- ')]) == 6  # lift + 2 modules x (tokenizer, relation) + 1 projector
     assert all(float(r[1]) > 0 for r in rows.values())
+
+
+def test_vt_stage_compile_times_compiled_stages_and_counts_their_macs():
+    """benchmarks/vt_stage.py --compile: the stage rows (no parts), timed through torch.compile (dynamo
+    compiles graphs for them), with the same MACs as the eager table."""
+    import torch._dynamo
+    from benchmarks.vt_stage import stage_table
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = {r[0]: r[1:] for r in stage_table([18], batch_size=2, rounds=1, compiled=True)[1:]}
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] >= 5  # layer4, VT, its reference paths, 2 steps
+    torch._dynamo.reset()
+    assert list(compiled) == ['resnet18 layer4', 'vt_resnet18 vt', 'vt_resnet18 vt, reference paths',
+                              'resnet18 layer4, training step', 'vt_resnet18 vt, training step']
+    eager = {r[0]: r[1:] for r in stage_table([18], batch_size=2, rounds=1)[1:]}
+    for name, row in compiled.items():
+        assert (row[0], row[3]) == (eager[name][0], eager[name][3]), name  # MMACs: paper form, executed
+        assert float(row[1]) > 0
