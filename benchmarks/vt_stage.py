@@ -65,13 +65,6 @@ def stage_parts(
     resnet = timm.create_model(f'resnet{depth}').eval()
     vt = timm.create_model(f'vt_resnet{depth}').eval().vt
     x = torch.randn(batch_size, resnet.layer4[0].conv1.in_channels, 14, 14)
-    with torch.no_grad():
-        lifted = vt.lift(x.contiguous(memory_format=torch.channels_last))
-        maps, tokens, block_tokens = [lifted], [None], []
-        for block in vt.blocks:
-            block_tokens.append(block.tokenizer(maps[-1], tokens[-1]))
-            tokens.append(block.relation(block_tokens[-1]))
-            maps.append(block.projector(maps[-1], tokens[-1]) if block.projector is not None else maps[-1])
     infer: Dict[str, Run] = {
         f'resnet{depth} layer4': lambda: resnet.layer4(x),
         f'vt_resnet{depth} vt': lambda: vt(x),
@@ -87,6 +80,14 @@ def stage_parts(
         timed_train = {name: training_step(torch.compile(copy.deepcopy(module)), x)
                        for name, module in zip(train, (resnet.layer4, vt))}
         return timed_infer, infer, timed_train, train, vt
+    # the parts, each on the input the stage gives it
+    with torch.no_grad():
+        lifted = vt.lift(x.contiguous(memory_format=torch.channels_last))
+        maps, tokens, block_tokens = [lifted], [None], []
+        for block in vt.blocks:
+            block_tokens.append(block.tokenizer(maps[-1], tokens[-1]))
+            tokens.append(block.relation(block_tokens[-1]))
+            maps.append(block.projector(maps[-1], tokens[-1]) if block.projector is not None else maps[-1])
     if not isinstance(vt.lift, nn.Identity):
         infer['- lift'] = lambda: vt.lift(x.contiguous(memory_format=torch.channels_last))
     for i, block in enumerate(vt.blocks):

@@ -52,8 +52,8 @@ class TokenwiseLinear(nn.Linear):
     library (oneDNN on CPU, cuDNN on CUDA), as the convolutions of the stage it replaces do, instead of
     the BLAS: on CPUs where the BLAS takes a slower code path than oneDNN (MKL on AMD CPUs runs at half
     of oneDNN's rate, docs/benchmarks.md) the token maps keep the convolutions' rate. The (N L, C_in)
-    rows are viewed as a channels-last (1, C_in, 1, N L) image and the output comes back in the same
-    layout, so nothing is copied.
+    rows of contiguous tokens are viewed, without a copy, as a channels-last (1, C_in, 1, N L) image, and
+    the channels-last output is read back as (N, L, C_out) rows.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
